@@ -1,0 +1,1 @@
+"""GTSRB traffic-sign recognition with Lightning and Hydra."""

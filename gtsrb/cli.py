@@ -1,0 +1,94 @@
+"""Command-line plumbing shared by ``train.py`` and ``evaluate.py``.
+
+Hydra reports a bad override with a multi-line message and a hint about
+``HYDRA_FULL_ERROR``. Before handing over to Hydra, :func:`preflight` checks
+the overrides itself (group options exist, values have the right type and
+range) and reports the first problem in one line. Inside the app,
+:func:`report_user_errors` does the same for :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf.errors import OmegaConfBaseException
+
+from gtsrb.config import register_configs, validate
+from gtsrb.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_SWEEP_FLAGS = {"-m", "--multirun"}
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def _one_line(exc: BaseException) -> str:
+    """The most specific message in an exception chain, folded to one line."""
+    while exc.__cause__ is not None and isinstance(exc.__cause__, Exception):
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    message = lines[0] if lines else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    if isinstance(exc, OmegaConfBaseException) and key:
+        message = f"{key}: {message}"
+    return message
+
+
+def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> None:
+    """Raise a one-line :class:`UserError` for the first override that cannot work.
+
+    A sweep (``model=a,b``) is checked value by value for group options, and
+    composed with the first value of each sweep for everything else.
+    """
+    if any(a.startswith("-") and a not in _SWEEP_FLAGS for a in args):
+        return  # --help, --cfg, --info ...: Hydra's own business
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if a not in _SWEEP_FLAGS])
+    except Exception as exc:
+        raise UserError(f"cannot parse the overrides: {_one_line(exc)}") from exc
+    first_values = []
+    for override in overrides:
+        key = override.key_or_group
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+            override.get_value_element_as_str() if override.value() is not None else None]
+        if (conf_dir / key).is_dir() and not override.is_delete():
+            options = group_options(key, conf_dir)
+            for value in values:
+                if value is not None and value not in options:
+                    raise UserError(f"unknown {key} '{value}'; choose one of: {', '.join(options)}")
+        if override.is_sweep_override():
+            first_values.append(f"{override.get_key_element()}={values[0]}")
+        else:
+            first_values.append(override.input_line)
+    register_configs()
+    try:
+        with initialize_config_dir(str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=first_values)
+    except Exception as exc:
+        raise UserError(f"bad override: {_one_line(exc)}") from exc
+    if config_name == "train":
+        validate(cfg)
+
+
+def report_user_errors(task):
+    """Turn a :class:`UserError` inside a Hydra task into one ``error:`` line and exit status 2."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except UserError as exc:
+            fail(str(exc))
+
+    return wrapper

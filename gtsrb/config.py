@@ -1,0 +1,191 @@
+"""The typed schema of ``conf/train.yaml``.
+
+Hydra merges every YAML file of ``conf/`` into these dataclasses, so a value of
+the wrong type (``data.batch_size=abc``) or an unknown key is rejected while
+the config is composed, before anything is built. Ranges and choices that a
+type cannot express are checked by :func:`validate`, which names the key, the
+allowed values and the fix in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from gtsrb.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # gtsrb | synthetic | folder
+    root: str = "data"  # gtsrb and folder: where the images are
+    download: bool = False  # gtsrb: fetch through torchvision when absent
+    image_size: int = 32
+    batch_size: int = 128
+    num_workers: int = 0
+    val_fraction: float = 0.15  # gtsrb: share of each class's tracks held out for validation
+    balanced_sampling: bool = False  # draw training batches with equal class frequencies
+    roi_crop: bool = False  # gtsrb: crop to the annotated sign region
+    on_corrupt: str = "error"  # error | skip
+    train_per_class: int = 100  # synthetic: images per class and split
+    val_per_class: int = 20
+    test_per_class: int = 20
+    num_classes: int = 43  # synthetic: render only the first N classes
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "simple_cnn"  # a timm model name, or simple_cnn
+    pretrained: bool = False
+    weights: Optional[str] = None  # local weights file used instead of the download
+    drop_rate: float = 0.2
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = "none"
+    hflip: str = "none"  # none | label_safe | any
+    rotation: float = 0.0  # degrees, both ways
+    translate: float = 0.0  # fraction of the image size
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    shear: float = 0.0  # degrees
+    perspective: float = 0.0  # distortion scale, applied with probability 0.5
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # keep small: a large hue shift turns red signs blue
+    blur: float = 0.0  # probability of a Gaussian blur
+    auto_augment: Optional[str] = None  # randaugment | trivialaugment
+    random_erasing: float = 0.0  # probability
+
+
+@dataclass
+class MixupConfig:
+    name: str = "none"
+    mixup_alpha: float = 0.0  # 0 disables MixUp
+    cutmix_alpha: float = 0.0  # 0 disables CutMix
+    prob: float = 1.0  # share of training batches that get mixed
+
+
+@dataclass
+class FinetuningConfig:
+    name: str = "two_phase"
+    unfreeze_at_epoch: Optional[int] = 1  # null: the backbone stays frozen (linear probe)
+    unfreeze_blocks: Optional[int] = None  # how many of the last backbone blocks to train; null: all
+    backbone_lr_ratio: float = 0.1  # backbone learning rate / head learning rate
+    freeze_bn_stats: bool = True  # frozen blocks keep their BatchNorm running statistics
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "onecycle"  # onecycle | cosine | plateau | none
+    warmup_epochs: float = 1.0  # cosine
+    min_lr_ratio: float = 0.01  # cosine: final lr / peak lr
+    pct_start: float = 0.25  # onecycle
+    div_factor: float = 25.0  # onecycle
+    final_div_factor: float = 1e3  # onecycle
+    factor: float = 0.5  # plateau
+    patience: int = 2  # plateau
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    finetuning: FinetuningConfig = field(default_factory=FinetuningConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # keyword arguments of lightning.Trainer
+    logger: dict[str, Any] = field(default_factory=dict)  # name -> instantiable logger
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> instantiable callback
+    label_smoothing: float = 0.1
+    channels_last: bool = False
+    seed: int = 42
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
+    ckpt_path: Optional[str] = None  # resume training from this checkpoint
+    test: bool = True  # evaluate the best checkpoint on the test split after training
+    output_dir: str = "."
+
+
+def register_configs() -> None:
+    """Make the schema available to ``conf/train.yaml`` as ``train_schema``."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+_CHOICES = {
+    "data.source": ("gtsrb", "synthetic", "folder"),
+    "data.on_corrupt": ("error", "skip"),
+    "augmentation.hflip": ("none", "label_safe", "any"),
+    "augmentation.auto_augment": (None, "randaugment", "trivialaugment"),
+    "optimizer.name": ("adamw", "sgd"),
+    "scheduler.name": ("onecycle", "cosine", "plateau", "none"),
+    "monitor_mode": ("min", "max"),
+}
+
+_RANGES = {  # key: (low, high), inclusive
+    "data.image_size": (8, 1024),
+    "data.batch_size": (1, 1 << 16),
+    "data.num_workers": (0, 256),
+    "data.val_fraction": (0.0, 0.9),
+    "data.train_per_class": (1, 100_000),
+    "data.val_per_class": (0, 100_000),
+    "data.test_per_class": (0, 100_000),
+    "data.num_classes": (2, 43),
+    "model.drop_rate": (0.0, 0.99),
+    "augmentation.rotation": (0.0, 45.0),
+    "augmentation.translate": (0.0, 0.5),
+    "augmentation.shear": (0.0, 45.0),
+    "augmentation.perspective": (0.0, 1.0),
+    "augmentation.hue": (0.0, 0.1),
+    "augmentation.blur": (0.0, 1.0),
+    "augmentation.random_erasing": (0.0, 1.0),
+    "mixup.mixup_alpha": (0.0, 10.0),
+    "mixup.cutmix_alpha": (0.0, 10.0),
+    "mixup.prob": (0.0, 1.0),
+    "finetuning.unfreeze_at_epoch": (0, 100_000),
+    "finetuning.unfreeze_blocks": (1, 1000),
+    "finetuning.backbone_lr_ratio": (0.0, 10.0),
+    "optimizer.lr": (1e-8, 10.0),
+    "optimizer.weight_decay": (0.0, 1.0),
+    "scheduler.pct_start": (0.0, 1.0),
+    "scheduler.min_lr_ratio": (0.0, 1.0),
+    "label_smoothing": (0.0, 0.99),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check choices and ranges; raise a one-line :class:`UserError` on the first bad value."""
+    from omegaconf import OmegaConf
+
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            raise UserError(f"{key}={value} is not a valid choice; use one of: {shown}")
+    for key, (low, high) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not low <= value <= high:
+            raise UserError(f"{key}={value} is out of range; use a value between {low} and {high}")
+    scale = cfg.augmentation.scale
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise UserError(f"augmentation.scale={list(scale)} must be [low, high] with 0 < low <= high")
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
+        raise UserError("data.mean and data.std need three values each (RGB), with std > 0")

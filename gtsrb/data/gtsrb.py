@@ -1,0 +1,401 @@
+"""Reader for the real GTSRB dataset: find it, index it, decode it once, split it by track.
+
+GTSRB was filmed from a moving car: each physical sign appears as a *track* of
+about 30 consecutive frames that are near-duplicates of each other. A random
+per-image validation split puts frames of the same sign on both sides, so the
+model is validated on images it has practically seen, and val accuracy is far
+more optimistic than the official test set confirms. The validation split here
+therefore moves whole tracks (:func:`split_by_track`), stratified by class so
+that rare classes (210 images, 7 tracks) still appear on both sides.
+
+Users have the data in one of two layouts, both detected under ``root``:
+
+* torchvision's, as ``torchvision.datasets.GTSRB(root, download=True)`` leaves it::
+
+      root/gtsrb/GTSRB/Training/000CC/TTTTT_FFFFF.ppm   (+ GT-000CC.csv)
+      root/gtsrb/GTSRB/Final_Test/Images/NNNNN.ppm
+      root/gtsrb/GT-final_test.csv
+
+* the official archives unpacked::
+
+      root/GTSRB/Final_Training/Images/000CC/TTTTT_FFFFF.ppm   (+ GT-000CC.csv)
+      root/GTSRB/Final_Test/Images/NNNNN.ppm
+      root/GT-final_test.csv  (or root/GTSRB/, or next to the test images)
+
+``root`` may also be the ``gtsrb`` folder itself. The CSV ``Width``/``Height``/
+``Roi.*`` columns describe the *original* image; copies on disk may have been
+resized, so the ROI is scaled by the file's real size before cropping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from gtsrb.classes import NUM_GTSRB_CLASSES
+from gtsrb.data.imageset import ImageSet
+from gtsrb.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Track numbers restart at 0 in every class folder; spacing classes this far
+# apart makes a group id unique over the whole dataset and still readable
+# (group 140003 = class 14, track 3).
+TRACK_STRIDE = 10_000
+
+_TRAIN_DIRS = ("gtsrb/GTSRB/Training", "GTSRB/Training", "GTSRB/Final_Training/Images", "gtsrb/GTSRB/Final_Training/Images")
+_TEST_CSV = "GT-final_test.csv"
+_CLASS_DIR = re.compile(r"^\d{5}$")
+_TRAIN_FILE = re.compile(r"^(\d+)_(\d+)\.ppm$", re.IGNORECASE)
+_ON_CORRUPT = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image on disk and what the dataset says about it.
+
+    ``size`` is the (Width, Height) the CSV gives: the size the ROI was drawn on,
+    which need not be the size of the file.
+    """
+
+    path: Path
+    label: int
+    group: int = -1  # track id, unique across classes; -1 where unknown (test)
+    roi: tuple[int, int, int, int] | None = None  # x1, y1, x2, y2 in CSV coordinates
+    size: tuple[int, int] | None = None  # CSV Width, Height
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def find_train_dir(root: str | os.PathLike) -> Path | None:
+    """The folder holding the ``000CC`` class folders, in whichever layout the user has."""
+    root = Path(root).expanduser()
+    for rel in _TRAIN_DIRS:
+        candidate = root / rel
+        if candidate.is_dir() and any(_CLASS_DIR.match(p.name) and p.is_dir() for p in candidate.iterdir()):
+            return candidate
+    return None
+
+
+def find_test(root: str | os.PathLike) -> tuple[Path, Path] | None:
+    """(images folder, labelled CSV) of the official test split, or None.
+
+    The test images and their labels come in separate archives, so the CSV ends
+    up wherever the user unpacked the second one; all usual places are tried.
+    """
+    root = Path(root).expanduser()
+    for base in (root / "gtsrb", root):
+        images = base / "GTSRB" / "Final_Test" / "Images"
+        if not images.is_dir():
+            continue
+        for csv_path in (base / _TEST_CSV, base / "GTSRB" / _TEST_CSV, images / _TEST_CSV):
+            if csv_path.is_file():
+                return images, csv_path
+        logger.info("GTSRB test images found in %s but no labelled %s next to them", images, _TEST_CSV)
+    return None
+
+
+def _expected_train_layout(root: Path) -> str:
+    return f"{root / 'gtsrb/GTSRB/Training'}/000CC/*.ppm or {root / 'GTSRB/Final_Training/Images'}/000CC/*.ppm"
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _download(root: Path, split: str) -> None:
+    """Let torchvision fetch the split; any failure becomes a one-line UserError.
+
+    torchvision is looked up at call time so that its real download code runs
+    (and tests can replace it without touching the network).
+    """
+    import torchvision.datasets
+
+    logger.info("downloading GTSRB %s split into %s with torchvision", split, root / "gtsrb")
+    try:
+        torchvision.datasets.GTSRB(str(root), split=split, download=True)
+    except Exception as exc:  # offline, HTTP error, bad checksum, bad zip: all mean "no data"
+        raise UserError(
+            f"downloading the GTSRB {split} split into {root / 'gtsrb'} failed ({_one_line(exc)}); "
+            f"check the network, or unpack the dataset under {root} "
+            f"(expected {_expected_train_layout(root)}) and set data.download=false"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- index
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f, delimiter=";", skipinitialspace=True))
+    return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
+
+
+def _roi_of(row: dict[str, str], csv_path: Path) -> tuple[tuple[int, int, int, int] | None, tuple[int, int] | None]:
+    """ROI and original size of a CSV row, or (None, None) where the CSV has no ROI columns."""
+    keys = ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "Width", "Height")
+    if not all(row.get(k) for k in keys):
+        return None, None
+    try:
+        x1, y1, x2, y2, w, h = (int(row[k]) for k in keys)
+    except ValueError:
+        raise UserError(
+            f"{csv_path}: non-integer ROI/size in the row for {row.get('Filename')}; restore the original CSV or remove it"
+        ) from None
+    return (x1, y1, x2, y2), (w, h)
+
+
+def _check_label(label: int, where: str) -> int:
+    if not 0 <= label < NUM_GTSRB_CLASSES:
+        raise UserError(f"{where}: class id {label} is not a GTSRB class (0..{NUM_GTSRB_CLASSES - 1}); remove it")
+    return label
+
+
+def _index_class_dir(class_dir: Path) -> list[Record]:
+    """Records of one class folder; the CSV, where present, only adds the ROI.
+
+    The files on disk decide which images exist, so a CSV row without a file
+    (or a file without a row) cannot shift labels.
+    """
+    label = _check_label(int(class_dir.name), str(class_dir))
+    csv_path = class_dir / f"GT-{class_dir.name}.csv"
+    rois = {}
+    if csv_path.is_file():
+        rois = {row.get("Filename", ""): _roi_of(row, csv_path) for row in _read_csv(csv_path)}
+    records = []
+    for name in sorted(n for n in os.listdir(class_dir) if n.lower().endswith(".ppm") and not n.startswith(".")):
+        match = _TRAIN_FILE.match(name)
+        if match is None:
+            raise UserError(
+                f"{class_dir / name}: GTSRB training files are named TTTTT_FFFFF.ppm (track_frame); rename or remove it"
+            )
+        track = int(match.group(1))
+        if track >= TRACK_STRIDE:
+            raise UserError(f"{class_dir / name}: track number {track} is too large (< {TRACK_STRIDE}); rename or remove it")
+        roi, size = rois.get(name, (None, None))
+        records.append(Record(class_dir / name, label, label * TRACK_STRIDE + track, roi, size))
+    return records
+
+
+def index_train(train_dir: Path) -> list[Record]:
+    """All training images, ordered by class then file name, with their tracks."""
+    class_dirs = sorted(p for p in Path(train_dir).iterdir() if p.is_dir() and _CLASS_DIR.match(p.name))
+    return [record for class_dir in class_dirs for record in _index_class_dir(class_dir)]
+
+
+def index_test(images_dir: Path, csv_path: Path) -> list[Record]:
+    """Test images in CSV order; the labels exist only in the CSV."""
+    records = []
+    for row in _read_csv(csv_path):
+        name = row.get("Filename")
+        if not name or not row.get("ClassId"):
+            raise UserError(
+                f"{csv_path} has no Filename/ClassId columns; use the labelled {_TEST_CSV} from GTSRB_Final_Test_GT.zip"
+            )
+        try:
+            label = int(row["ClassId"])
+        except ValueError:
+            raise UserError(f"{csv_path}: ClassId {row['ClassId']!r} of {name} is not a number; restore the original CSV") from None
+        roi, size = _roi_of(row, csv_path)
+        records.append(Record(images_dir / name, _check_label(label, f"{csv_path} ({name})"), -1, roi, size))
+    return records
+
+
+# --------------------------------------------------------------------------- decode
+
+
+@contextlib.contextmanager
+def _strict_pil() -> Iterator[None]:
+    """Refuse truncated files even if some other library switched PIL to tolerate them.
+
+    With LOAD_TRUNCATED_IMAGES on, a cut-off file decodes into a partly grey
+    image and the model trains on it without anyone knowing.
+    """
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _crop_box(record: Record, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """ROI in the coordinates of the file actually on disk.
+
+    The CSV ROI was drawn on the original image; a resized copy (e.g. the
+    32x32 one) needs it scaled by real size / CSV size, or the crop lands in
+    the wrong place.
+    """
+    if record.roi is None or record.size is None or min(record.size) <= 0:
+        return None
+    sx, sy = width / record.size[0], height / record.size[1]
+    x1, y1, x2, y2 = record.roi
+    left, top = min(max(x1 * sx, 0.0), width - 1.0), min(max(y1 * sy, 0.0), height - 1.0)
+    right, bottom = min(max(x2 * sx, left + 1.0), float(width)), min(max(y2 * sy, top + 1.0), float(height))
+    return left, top, right, bottom
+
+
+def _decode_one(record: Record, image_size: int, roi_crop: bool) -> np.ndarray:
+    with Image.open(record.path) as img:
+        img.load()  # inside the caller's try: truncation surfaces here, not later
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        box = _crop_box(record, *rgb.size) if roi_crop else None
+        if box is None and rgb.size == (image_size, image_size):
+            return np.asarray(rgb)
+        # PIL's bilinear resize widens its kernel when shrinking, i.e. it antialiases.
+        return np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box))
+
+
+def decode_images(
+    records: Sequence[Record], image_size: int, roi_crop: bool = False, on_corrupt: str = "error"
+) -> tuple[torch.Tensor, list[int]]:
+    """Decode every record once into uint8 [N, 3, S, S]; returns (images, indices of the records kept).
+
+    A file that does not decode is named, never silently replaced: "error"
+    stops with a UserError, "skip" leaves it out with a warning.
+    """
+    if on_corrupt not in _ON_CORRUPT:
+        raise UserError(f"data.on_corrupt={on_corrupt!r} is not one of {_ON_CORRUPT}; set data.on_corrupt=error or skip")
+    out = np.empty((len(records), image_size, image_size, 3), dtype=np.uint8)
+    kept: list[int] = []
+    with _strict_pil():
+        for i, record in enumerate(records):
+            try:
+                out[len(kept)] = _decode_one(record, image_size, roi_crop)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                if on_corrupt == "error":
+                    raise UserError(
+                        f"cannot decode image {record.path} ({_one_line(exc)}); remove the file or set data.on_corrupt=skip"
+                    ) from exc
+                logger.warning("skipping unreadable image %s (%s)", record.path, _one_line(exc))
+                continue
+            kept.append(i)
+    if len(kept) < len(records):
+        logger.warning("skipped %d of %d GTSRB images that could not be decoded (data.on_corrupt=skip)", len(records) - len(kept), len(records))
+    images = torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).contiguous()
+    return images, kept
+
+
+def _to_imageset(records: Sequence[Record], image_size: int, roi_crop: bool, on_corrupt: str, with_groups: bool) -> ImageSet:
+    images, kept = decode_images(records, image_size, roi_crop, on_corrupt)
+    labels = torch.tensor([records[i].label for i in kept], dtype=torch.int64)
+    groups = torch.tensor([records[i].group for i in kept], dtype=torch.int64) if with_groups else None
+    return ImageSet(images, labels, groups)
+
+
+# --------------------------------------------------------------------------- split
+
+
+def split_by_track(
+    labels: torch.Tensor | Sequence[int], groups: torch.Tensor | Sequence[int], val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices) with every track wholly on one side.
+
+    Near-duplicate frames of one track on both sides would make val measure
+    memorisation. Tracks are drawn per class so that val has every class that
+    has at least two tracks, and each class keeps at least one track for
+    training. A local generator keeps the split identical across runs and
+    independent of any global seeding.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"data.val_fraction={val_fraction} must be in [0, 1); set e.g. data.val_fraction=0.1")
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    groups = torch.as_tensor(groups, dtype=torch.int64)
+    if labels.shape != groups.shape:
+        raise ValueError(f"{labels.numel()} labels but {groups.numel()} groups")
+    unique_groups, first = _first_occurrence(groups)
+    group_class = labels[first]  # a track belongs to the class of its first frame
+    generator = torch.Generator().manual_seed(int(seed))
+    val_groups = []
+    for cls in torch.unique(group_class).tolist():
+        tracks = unique_groups[group_class == cls]
+        n_val = 0 if val_fraction == 0 else min(len(tracks) - 1, max(1, round(val_fraction * len(tracks))))
+        if n_val > 0:
+            val_groups.append(tracks[torch.randperm(len(tracks), generator=generator)[:n_val]])
+    in_val = torch.isin(groups, torch.cat(val_groups)) if val_groups else torch.zeros_like(groups, dtype=torch.bool)
+    return torch.nonzero(~in_val).flatten(), torch.nonzero(in_val).flatten()
+
+
+def _first_occurrence(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique values and the index of the first element holding each."""
+    unique, inverse = torch.unique(values, sorted=True, return_inverse=True)
+    first = torch.full((len(unique),), len(values), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(len(values)), reduce="amin")
+    return unique, first
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _describe(name: str, data: ImageSet) -> str:
+    text = f"{name} {len(data):,} images"
+    if data.groups is not None:
+        text += f" / {len(torch.unique(data.groups)):,} tracks"
+    return text + f" / {len(torch.unique(data.labels))} classes"
+
+
+def load_gtsrb(
+    root,
+    image_size: int,
+    val_fraction: float,
+    seed: int,
+    download: bool = False,
+    roi_crop: bool = False,
+    on_corrupt: str = "error",
+) -> dict[str, ImageSet]:
+    """The real GTSRB as {"train", "val"[, "test"]} ImageSets, decoded once.
+
+    "test" is the official test split and is only there when it is on disk (or
+    downloaded): training does not need it, so its absence is logged, not fatal.
+    Train and val carry track ids as ``groups`` so later code can check for leaks.
+    """
+    root = Path(root).expanduser()
+    if int(image_size) <= 0:
+        raise UserError(f"image size {image_size} must be a positive number of pixels; set e.g. data.image_size=32")
+    if on_corrupt not in _ON_CORRUPT:
+        raise UserError(f"data.on_corrupt={on_corrupt!r} is not one of {_ON_CORRUPT}; set data.on_corrupt=error or skip")
+
+    train_dir = find_train_dir(root)
+    if train_dir is None and download:
+        _download(root, "train")
+        train_dir = find_train_dir(root)
+    if train_dir is None:
+        fix = (
+            f"unpack the dataset there or set data.root=... (data.download=true did not produce it)"
+            if download
+            else "unpack the dataset there, set data.root=..., or allow data.download=true"
+        )
+        raise UserError(f"GTSRB training images not found under {root} (expected {_expected_train_layout(root)}); {fix}")
+
+    test_location = find_test(root)
+    if test_location is None and download:
+        _download(root, "test")
+        test_location = find_test(root)
+
+    train_records = index_train(train_dir)
+    if not train_records:
+        raise UserError(f"no .ppm images in the class folders of {train_dir}; unpack the dataset again or set data.root=...")
+    full = _to_imageset(train_records, image_size, roi_crop, on_corrupt, with_groups=True)
+    if len(full) == 0:
+        raise UserError(f"none of the {len(train_records)} images under {train_dir} could be decoded; unpack the dataset again")
+    train_idx, val_idx = split_by_track(full.labels, full.groups, val_fraction, seed)
+    splits = {"train": full.subset(train_idx), "val": full.subset(val_idx)}
+
+    if test_location is None:
+        logger.info("GTSRB official test split not found under %s; test metrics will be skipped", root)
+    else:
+        splits["test"] = _to_imageset(index_test(*test_location), image_size, roi_crop, on_corrupt, with_groups=False)
+
+    logger.info("GTSRB from %s: %s", train_dir, "; ".join(_describe(name, data) for name, data in splits.items()))
+    return splits

@@ -1,0 +1,95 @@
+"""Build classifiers through timm and split them into backbone blocks and a head.
+
+Every model in ``conf/model/`` is created by :func:`timm.create_model` (or is
+the small :class:`~gtsrb.models.simple_cnn.SimpleCNN`, which speaks the same
+API), so the fine-tuning, Grad-CAM and reporting code only ever relies on
+timm's model interface: ``feature_info``, ``get_classifier``,
+``forward_features`` and ``forward_head``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from gtsrb.errors import UserError
+from gtsrb.models.simple_cnn import SimpleCNN
+
+log = logging.getLogger(__name__)
+
+SIMPLE_CNN = "simple_cnn"
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None,
+                drop_rate: float = 0.0) -> nn.Module:
+    """Create ``name`` with a fresh ``num_classes``-way classifier.
+
+    ``weights`` (a local ``.safetensors``/``.pth`` file in timm's format) takes
+    the place of the download, for machines without internet. Any other
+    pretrained=true run downloads timm's weights, and a failed download turns
+    into a one-line error that names both ways around it.
+    """
+    if name == SIMPLE_CNN:
+        if pretrained or weights:
+            raise UserError("simple_cnn has no pretrained weights; set model.pretrained=false and model.weights=null")
+        return SimpleCNN(num_classes=num_classes, drop_rate=drop_rate)
+    if not timm.is_model(name):
+        raise UserError(f"unknown timm model '{name}'; pick a model config (model=...) or a name from timm.list_models()")
+    kwargs: dict = dict(num_classes=num_classes, drop_rate=drop_rate)
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"weights file {path} does not exist; fix model.weights or set model.weights=null")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    else:
+        kwargs.update(pretrained=pretrained)
+    try:
+        return timm.create_model(name, **kwargs)
+    except Exception as exc:  # download and file errors come in many types (OSError, HTTP, hub, safetensors)
+        if not kwargs["pretrained"]:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        if weights:
+            raise UserError(f"could not load weights file {weights} into {name} ({reason}); "
+                            f"give a timm state dict of {name}, or set model.weights=null") from exc
+        raise UserError(f"could not download pretrained weights for {name} ({reason}); train from scratch with "
+                        f"model.pretrained=false, or give a local copy with model.weights=/path/to/{name}.safetensors"
+                        ) from exc
+
+
+def parameter_blocks(model: nn.Module) -> tuple[list[list[nn.Module]], list[nn.Module]]:
+    """Split a timm-style model into ordered backbone blocks and the classifier head.
+
+    Blocks follow ``model.feature_info``: block ``k`` holds every module that
+    sits after feature stage ``k-1`` and up to the end of stage ``k`` (the
+    stem joins the first block; layers between the last stage and the
+    classifier, such as MobileNetV3's ``conv_head``, join the last). Only
+    modules that own parameters or BatchNorm statistics are listed, so
+    freezing a block touches each parameter exactly once. "Unfreeze the last
+    N blocks" therefore means the last N resolution stages of the network.
+    """
+    head = list(model.get_classifier().modules())
+    head_ids = {id(m) for m in head}
+    named = list(model.named_modules())
+    ends = []
+    for info in model.feature_info:
+        prefix = info["module"]
+        ends.append(max(i for i, (n, _) in enumerate(named) if n == prefix or n.startswith(prefix + ".")))
+    blocks: list[list[nn.Module]] = [[] for _ in ends]
+    for i, (_, module) in enumerate(named):
+        if id(module) in head_ids:
+            continue
+        if not isinstance(module, _BatchNorm) and next(module.parameters(recurse=False), None) is None:
+            continue
+        stage = next((k for k, end in enumerate(ends) if i <= end), len(ends) - 1)
+        blocks[stage].append(module)
+    return blocks, head
+
+
+def min_input_size(model: nn.Module) -> int:
+    """Smallest square input whose last feature map is still at least 1x1."""
+    return int(model.feature_info[-1]["reduction"])

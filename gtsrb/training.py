@@ -1,0 +1,145 @@
+"""``train.py``'s body: build everything from the composed config, fit, test, report.
+
+Kept apart from the Hydra entry point so tests can call :func:`train` with a
+config from Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gtsrb.config import validate
+from gtsrb.data.datamodule import TrafficSignDataModule
+from gtsrb.errors import UserError
+from gtsrb.finetuning import TwoPhaseFinetuning
+from gtsrb.models.factory import min_input_size
+from gtsrb.module import TrafficSignClassifier
+from gtsrb.reporting import EpochHistory, flatten, write_json
+
+log = logging.getLogger(__name__)
+
+
+def is_pretrained(cfg: DictConfig) -> bool:
+    return bool(cfg.model.pretrained or cfg.model.weights)
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks of ``conf/callbacks`` plus fine-tuning, which only makes sense on pretrained weights."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    ft = cfg.finetuning
+    if ft.name != "full":
+        if is_pretrained(cfg):
+            callbacks.append(TwoPhaseFinetuning(ft.unfreeze_at_epoch, ft.unfreeze_blocks, ft.freeze_bn_stats))
+        else:
+            log.info("finetuning=%s skipped: the model is trained from scratch, so every layer trains from the start",
+                     ft.name)
+    return callbacks
+
+
+def check_image_size(model: TrafficSignClassifier, image_size: int, name: str) -> None:
+    smallest = min_input_size(model.model)
+    if image_size < smallest:
+        raise UserError(f"data.image_size={image_size} is too small for {name}, which downsamples by {smallest}; "
+                        f"use data.image_size={smallest} or more")
+
+
+def _single_log_stream() -> None:
+    """``import lightning`` adds its own console handler; under Hydra's logging it would print every line twice."""
+    if logging.getLogger().hasHandlers():
+        logging.getLogger("lightning").handlers.clear()
+
+
+def train(cfg: DictConfig) -> float:
+    """Train, pick the best checkpoint, evaluate it on val and test, write ``metrics.json``.
+
+    Returns the best value of the monitored metric, which Hydra sweepers optimise.
+    """
+    validate(cfg)
+    _single_log_stream()
+    started = time.time()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=cfg.seed)
+    datamodule.setup("fit")  # the model needs the class list
+    if not datamodule.has_split("val"):
+        raise UserError("the dataset has no validation images; set data.val_fraction > 0 (gtsrb) "
+                        "or add a val/ folder (folder)")
+    ratio = cfg.finetuning.backbone_lr_ratio if is_pretrained(cfg) and cfg.finetuning.name != "full" else 1.0
+    model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, datamodule.class_names,
+                                  label_smoothing=cfg.label_smoothing, backbone_lr_ratio=ratio,
+                                  channels_last=cfg.channels_last, monitor=cfg.monitor,
+                                  monitor_mode=cfg.monitor_mode)
+    check_image_size(model, cfg.data.image_size, cfg.model.name)
+
+    history = EpochHistory()
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    trainer = L.Trainer(**cfg.trainer, callbacks=[*build_callbacks(cfg), history], logger=loggers or False,
+                        default_root_dir=str(out))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if trainer.interrupted:
+        raise UserError("training was interrupted; resume it with ckpt_path=" + str(out / "checkpoints" / "last.ckpt"))
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = best or None  # fast_dev_run and runs without checkpointing evaluate the weights in memory
+    final = {"val": _only_metrics(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))}
+    if cfg.test and datamodule.has_split("test"):
+        final["test"] = _only_metrics(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))
+
+    score = final["val"].get(cfg.monitor)
+    report = {
+        "monitor": cfg.monitor,
+        "overrides": _task_overrides(),
+        "best_score": score,
+        "best_checkpoint": best,
+        "last_checkpoint": str(Path(best).parent / "last.ckpt") if best else "",
+        "epochs": trainer.current_epoch,
+        "seconds": round(time.time() - started, 1),
+        "final": final,
+        "history": history.history,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json(out / "metrics.json", report)
+    _log_hparams(loggers, report)
+    _print_where(out, report, loggers)
+    return float(score) if score is not None else float("nan")
+
+
+def _task_overrides() -> list[str]:
+    """The command-line overrides of this job, which tell sweep jobs apart."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _only_metrics(results: list[dict]) -> dict[str, float]:
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def _log_hparams(loggers, report: dict) -> None:
+    """TensorBoard's HPARAMS tab: the whole config against the final metrics."""
+    metrics = {f"hp/{k}": v for split in report["final"].values() for k, v in split.items()}
+    params = flatten({k: v for k, v in report["config"].items() if k not in ("logger", "callbacks", "output_dir")})
+    for logger in loggers:
+        logger.log_hyperparams(params, metrics)
+
+
+def _print_where(out: Path, report: dict, loggers) -> None:
+    final = report["final"]
+    lines = [f"run directory: {out}",
+             f"best {report['monitor']}: {report['best_score']}",
+             f"best checkpoint: {report['best_checkpoint'] or '(none saved)'}",
+             f"metrics: {out / 'metrics.json'}"]
+    if "test" in final:
+        lines.append("test: " + ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in sorted(final["test"].items())))
+    for logger in loggers:
+        if type(logger).__name__ == "TensorBoardLogger":
+            lines.append(f"tensorboard: uv run tensorboard --logdir {Path(logger.log_dir).parent}")
+    print("\n".join(lines), flush=True)

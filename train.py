@@ -1,0 +1,34 @@
+"""Train a traffic-sign classifier: ``uv run train.py [group=option ...] [key=value ...]``.
+
+Examples::
+
+    uv run train.py experiment=quickstart
+    uv run train.py data.root=data model=resnet18 model.pretrained=false trainer.max_epochs=10
+    uv run train.py -m experiment=quickstart model=simple_cnn,mobilenet_v3_small mixup=none,cutmix
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from gtsrb.cli import fail, preflight, report_user_errors
+from gtsrb.config import register_configs
+from gtsrb.errors import UserError
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@report_user_errors
+def main(cfg: DictConfig) -> float:
+    from gtsrb.training import train  # heavy imports after Hydra has parsed the command line
+
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    try:
+        preflight(sys.argv[1:], "train")
+    except UserError as exc:
+        fail(str(exc))
+    register_configs()
+    main()
