@@ -27,7 +27,7 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         report = json.loads(path.read_text())
         overrides = report.get("overrides") or []
         row: dict[str, Any] = {"job": path.parent.name, "overrides": " ".join(overrides),
-                               report["monitor"]: report.get("best_score")}
+                               "score": report.get("best_score"), "monitor": report["monitor"]}
         for split, values in report.get("final", {}).items():
             for name in COLUMNS:
                 if f"{split}/{name}" in values:
@@ -38,10 +38,10 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def sort_runs(rows: list[dict[str, Any]], monitor: str, mode: str) -> list[dict[str, Any]]:
-    """Best first; runs without a score (failed or interrupted) last."""
+def sort_runs(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Best score first; runs without a score (failed or interrupted) last."""
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(rows, key=lambda r: (r.get(monitor) is None, sign * (r.get(monitor) or 0.0)))
+    return sorted(rows, key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0)))
 
 
 def _cell(value: Any) -> str:
@@ -49,7 +49,7 @@ def _cell(value: Any) -> str:
 
 
 def write_summary(sweep_dir: Path, monitor: str, mode: str) -> list[dict[str, Any]]:
-    rows = sort_runs(collect_runs(sweep_dir), monitor, mode)
+    rows = sort_runs(collect_runs(sweep_dir), mode)
     if not rows:
         return rows
     columns = list(dict.fromkeys(key for row in rows for key in row))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from gtsrb.config import validate
@@ -29,9 +31,14 @@ def is_pretrained(cfg: DictConfig) -> bool:
     return bool(cfg.model.pretrained or cfg.model.weights)
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks of ``conf/callbacks`` plus fine-tuning, which only makes sense on pretrained weights."""
+def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callback]:
+    """The callbacks of ``conf/callbacks`` plus fine-tuning, which only makes sense on pretrained weights.
+
+    Without a logger (``logger=none``) there is nowhere to log learning rates to, so the LR monitor is left out.
+    """
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not with_logger:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     ft = cfg.finetuning
     if ft.name != "full":
         if is_pretrained(cfg):
@@ -81,7 +88,8 @@ def train(cfg: DictConfig) -> float:
 
     history = EpochHistory()
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    trainer = L.Trainer(**cfg.trainer, callbacks=[*build_callbacks(cfg), history], logger=loggers or False,
+    callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history]
+    trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=str(out))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if trainer.interrupted:
@@ -128,7 +136,12 @@ def _log_hparams(loggers, report: dict) -> None:
     metrics = {f"hp/{k}": v for split in report["final"].values() for k, v in split.items()}
     params = flatten({k: v for k, v in report["config"].items() if k not in ("logger", "callbacks", "output_dir")})
     for logger in loggers:
-        logger.log_hyperparams(params, metrics)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(metrics)
+        logger.save()
 
 
 def _print_where(out: Path, report: dict, loggers) -> None:
@@ -140,6 +153,6 @@ def _print_where(out: Path, report: dict, loggers) -> None:
     if "test" in final:
         lines.append("test: " + ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in sorted(final["test"].items())))
     for logger in loggers:
-        if type(logger).__name__ == "TensorBoardLogger":
+        if isinstance(logger, TensorBoardLogger):
             lines.append(f"tensorboard: uv run tensorboard --logdir {Path(logger.log_dir).parent}")
     print("\n".join(lines), flush=True)

@@ -30,7 +30,6 @@ TINY = [
     "model=simple_cnn",
     "trainer=cpu",
     "trainer.fast_dev_run=true",
-    "callbacks.progress_bar=null",
     "logger=none",
 ]
 

@@ -77,7 +77,8 @@ def test_multirun_sweeps_every_combination_and_writes_a_summary(tmp_path):
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["overrides"].split("mixup=")[-1].split()[0] for r in rows) == ["cutmix", "none"]
-    scores = [float(r["val/acc"]) for r in rows]
+    scores = [float(r["score"]) for r in rows]
+    assert scores == [float(r["val/acc"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
     assert "| job |" in (sweep / "summary.md").read_text()
 

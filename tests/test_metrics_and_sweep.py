@@ -1,0 +1,51 @@
+"""The NLL metric and the multirun summary table."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+import torch.nn.functional as F
+
+from gtsrb.metrics import NegativeLogLikelihood, classification_metrics
+from gtsrb.sweep import write_summary
+
+
+def test_nll_matches_cross_entropy_over_several_batches():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(50, 7) * 3, torch.randint(0, 7, (50,))
+    metric = NegativeLogLikelihood()
+    metric.update(logits[:20], labels[:20])
+    metric.update(logits[20:], labels[20:])
+    assert torch.allclose(metric.compute(), F.cross_entropy(logits, labels), atol=1e-6)
+
+
+def test_metric_collection_reports_macro_scores():
+    metrics = classification_metrics(3)
+    logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    values = metrics(logits, torch.tensor([0, 1, 1, 2]))
+    assert values["acc"] == 0.75
+    assert torch.isclose(values["recall"], torch.tensor((1 + 0.5 + 1) / 3))
+    assert values["top5"] == 1.0  # top-k is clipped to the number of classes
+
+
+def _job(folder, num, score, override):
+    job = folder / str(num)
+    job.mkdir(parents=True)
+    report = {"monitor": "val/acc", "best_score": score, "overrides": [override], "epochs": 1, "seconds": 2.0,
+              "final": {"val": {"val/acc": score, "val/f1": 0.5}} if score is not None else {},
+              "best_checkpoint": f"{job}/best.ckpt"}
+    (job / "metrics.json").write_text(json.dumps(report))
+
+
+def test_summary_sorts_best_first_and_puts_failed_runs_last(tmp_path):
+    _job(tmp_path, 0, 0.5, "model=a")
+    _job(tmp_path, 1, None, "model=b")
+    _job(tmp_path, 2, 0.9, "model=c")
+    rows = write_summary(tmp_path, "val/acc", "max")
+    assert [r["overrides"] for r in rows] == ["model=c", "model=a", "model=b"]
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["2", "0", "1"]
+    assert write_summary(tmp_path, "val/acc", "min")[0]["overrides"] == "model=a"
+    assert "model=c" in (tmp_path / "summary.md").read_text()

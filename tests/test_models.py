@@ -1,0 +1,57 @@
+"""Model construction: backbone/head split for every configured model, local weights, offline errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from omegaconf import OmegaConf
+
+from gtsrb.cli import CONF_DIR, group_options
+from gtsrb.errors import UserError
+from gtsrb.models import build_model, parameter_blocks
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+def test_blocks_and_head_cover_every_parameter_once(option):
+    name = OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml").name
+    model = build_model(name, num_classes=43)
+    blocks, head = parameter_blocks(model)
+    listed = [p for block in blocks for m in block for p in m.parameters(recurse=False)]
+    listed += [p for m in head for p in m.parameters(recurse=False)]
+    assert len(listed) == len({id(p) for p in listed}) == len(list(model.parameters()))
+    assert len(blocks) == len(model.feature_info) and all(blocks)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 43)
+
+
+def test_local_weights_file_replaces_the_download(mobilenet_weights):
+    model = build_model("mobilenetv3_small_100", num_classes=43, weights=str(mobilenet_weights))
+    saved = torch.load(mobilenet_weights)
+    state = model.state_dict()
+    assert torch.equal(state["conv_stem.weight"], saved["conv_stem.weight"])
+    assert torch.equal(state["bn1.running_mean"], saved["bn1.running_mean"])
+    assert state["classifier.weight"].shape == (43, saved["classifier.weight"].shape[1])  # a fresh 43-way head
+
+
+def test_weights_of_another_model_are_a_one_line_error(mobilenet_weights):
+    with pytest.raises(UserError, match="model.weights") as info:
+        build_model("resnet18", num_classes=43, weights=str(mobilenet_weights))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        build_model("resnet18", num_classes=43, weights=str(tmp_path / "nope.safetensors"))
+
+
+def test_offline_download_names_both_ways_out():
+    with pytest.raises(UserError) as info:  # HF_HUB_OFFLINE=1 (conftest): fails without waiting for retries
+        build_model("resnet18", num_classes=43, pretrained=True)
+    message = str(info.value)
+    assert "model.pretrained=false" in message and "model.weights=" in message and "\n" not in message
+
+
+def test_unknown_timm_name_is_a_user_error():
+    assert not timm.is_model("resnet_9000")
+    with pytest.raises(UserError, match="resnet_9000"):
+        build_model("resnet_9000", num_classes=43)
