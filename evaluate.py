@@ -1,13 +1,43 @@
-"""Evaluate a trained checkpoint: not available yet.
+"""Evaluate a trained checkpoint: ``uv run evaluate.py ckpt_path=<run directory or .ckpt> [key=value ...]``.
 
-The evaluation report (metrics, calibration, confusion matrix, Grad-CAM
-gallery) is still being built. Until then, ``train.py`` evaluates the best
-checkpoint on the validation and test splits and writes ``metrics.json``.
+Writes the full model report (metrics.json, per-class CSV, confusion matrix,
+reliability diagram, most-confused pairs, misclassified gallery with Grad-CAM,
+TensorBoard) into ``outputs/evaluate/<date>/<time>/``, and, with calibration
+on, a calibrated copy of the checkpoint. Examples::
+
+    uv run evaluate.py ckpt_path=outputs/2024-05-01/12-00-00
+    uv run evaluate.py ckpt_path=outputs/<run>/checkpoints/last.ckpt split=val tta=true
+    uv run evaluate.py ckpt_path=outputs/<run> fgsm_epsilons=[0.004,0.008,0.016] data.root=/data/gtsrb
+
+Single images: ``uv run python -m gtsrb.predict <checkpoint> <image or folder>``.
 """
 
 import sys
 
+import hydra
+from omegaconf import DictConfig
+
+from gtsrb.cli import fail, preflight, report_user_errors
+from gtsrb.config import register_evaluate_config
+from gtsrb.errors import UserError
+
+
+@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    from gtsrb.evaluation.preflight import check_options, resolve_checkpoint
+
+    check_options(cfg)  # a wrong option or path fails before the heavy imports
+    resolve_checkpoint(cfg.ckpt_path)
+    from gtsrb.evaluation.run import evaluate
+
+    evaluate(cfg)
+
+
 if __name__ == "__main__":
-    print("error: evaluate.py is not available yet; train.py writes val/test metrics to <run>/metrics.json",
-          file=sys.stderr)
-    sys.exit(2)
+    register_evaluate_config()
+    try:
+        preflight(sys.argv[1:], "evaluate")
+    except UserError as exc:
+        fail(str(exc))
+    main()

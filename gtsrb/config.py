@@ -27,9 +27,13 @@ class DataConfig:
     batch_size: int = 128
     num_workers: int = 0
     val_fraction: float = 0.15  # gtsrb: share of each class's tracks held out for validation
+    split_seed: int = 0  # gtsrb: which tracks are held out; fixed apart from `seed` so runs compare on one split
     balanced_sampling: bool = False  # draw training batches with equal class frequencies
     roi_crop: bool = False  # gtsrb: crop to the annotated sign region
     on_corrupt: str = "error"  # error | skip
+    augment_on: str = "batch"  # batch: whole batches on the training device | sample: per image in the loader
+    preprocess: str = "none"  # none | autocontrast | equalize | clahe: contrast normalisation, once at decoding
+    cache_dir: Optional[str] = None  # gtsrb/folder: keep decoded tensors here; rebuilt when the files change
     train_per_class: int = 100  # synthetic: images per class and split
     val_per_class: int = 20
     test_per_class: int = 20
@@ -44,6 +48,7 @@ class ModelConfig:
     pretrained: bool = False
     weights: Optional[str] = None  # local weights file used instead of the download
     drop_rate: float = 0.2
+    compile: str = "off"  # off | gpu (torch.compile when training on CUDA) | on (also on CPU: minutes of compiling)
 
 
 @dataclass
@@ -133,6 +138,9 @@ def register_configs() -> None:
 _CHOICES = {
     "data.source": ("gtsrb", "synthetic", "folder"),
     "data.on_corrupt": ("error", "skip"),
+    "data.augment_on": ("batch", "sample"),
+    "data.preprocess": ("none", "autocontrast", "equalize", "clahe"),
+    "model.compile": ("off", "gpu", "on"),
     "augmentation.hflip": ("none", "label_safe", "any"),
     "augmentation.auto_augment": (None, "randaugment", "trivialaugment"),
     "optimizer.name": ("adamw", "sgd"),
@@ -189,3 +197,47 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"augmentation.scale={list(scale)} must be [low, high] with 0 < low <= high")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
         raise UserError("data.mean and data.std need three values each (RGB), with std > 0")
+
+
+# --------------------------------------------------------------------------- evaluate.py
+
+
+def _overrides_of(schema: type, name: str) -> type:
+    """The fields of ``schema``, each optional and ``None`` by default.
+
+    ``evaluate.py`` takes the data and model config from the checkpoint; a
+    value set here replaces the checkpoint's (``data.root=/elsewhere``), and a
+    misspelt key is still rejected while composing.
+    """
+    import typing
+    from dataclasses import fields, make_dataclass
+
+    hints = typing.get_type_hints(schema)
+    return make_dataclass(name, [(f.name, Optional[hints[f.name]], None) for f in fields(schema)])
+
+
+DataOverrides = _overrides_of(DataConfig, "DataOverrides")
+ModelOverrides = _overrides_of(ModelConfig, "ModelOverrides")
+
+
+@dataclass
+class EvaluateConfig:
+    ckpt_path: str = "???"  # a .ckpt file, or a training run directory (its best checkpoint)
+    split: str = "test"  # test | val
+    calibrate: bool = True  # fit a softmax temperature on the val split and save a calibrated checkpoint
+    tta: bool = False  # test-time augmentation: label-safe mirror (and shifts), logits averaged
+    tta_shift: int = 2  # TTA: also shift by this many pixels in 4 directions; 0 = mirror only
+    fgsm_epsilons: list[float] = field(default_factory=list)  # FGSM robustness, in pixel units of [0, 1]
+    gradcam_method: str = "gradcam"  # gradcam | gradcam++
+    target_layer: Optional[str] = None  # Grad-CAM layer (module name); null = the last feature stage
+    gallery_size: int = 24  # misclassified images shown, most confident first
+    top_confused: int = 15  # most-confused class pairs listed
+    device: str = "auto"  # auto | cpu | cuda
+    data: DataOverrides = field(default_factory=DataOverrides)  # type: ignore[valid-type]
+    model: ModelOverrides = field(default_factory=ModelOverrides)  # type: ignore[valid-type]
+    output_dir: str = "."
+
+
+def register_evaluate_config() -> None:
+    """Make the schema available to ``conf/evaluate.yaml`` as ``evaluate_schema``."""
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)

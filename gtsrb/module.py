@@ -36,6 +36,9 @@ class TrafficSignClassifier(L.LightningModule):
                                  weights=model.get("weights"), drop_rate=model.get("drop_rate", 0.0))
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Softmax temperature fitted after training (see evaluation); 1 means uncalibrated.
+        # A buffer, so it travels with the weights in every checkpoint.
+        self.register_buffer("temperature", torch.ones(()))
         num_classes = len(class_names)
         self.train_metrics = classification_metrics(num_classes, full=False).clone(prefix="train/")
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
@@ -85,8 +88,9 @@ class TrafficSignClassifier(L.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Calibrated class probabilities."""
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(images).softmax(dim=1)
+        return (self(images) / self.temperature).softmax(dim=1)
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         """Hold the final learning rate once a OneCycle schedule is complete.

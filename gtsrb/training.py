@@ -85,6 +85,7 @@ def train(cfg: DictConfig) -> float:
                                   channels_last=cfg.channels_last, monitor=cfg.monitor,
                                   monitor_mode=cfg.monitor_mode)
     check_image_size(model, cfg.data.image_size, cfg.model.name)
+    _maybe_compile(model, cfg)
 
     history = EpochHistory()
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
@@ -95,6 +96,7 @@ def train(cfg: DictConfig) -> float:
     if trainer.interrupted:
         raise UserError("training was interrupted; resume it with ckpt_path=" + str(out / "checkpoints" / "last.ckpt"))
 
+    epochs = list(history.history)  # copied now: loading the best checkpoint below restores the callback's state
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best or None  # fast_dev_run and runs without checkpointing evaluate the weights in memory
     final = {"val": _only_metrics(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))}
@@ -111,13 +113,24 @@ def train(cfg: DictConfig) -> float:
         "epochs": trainer.current_epoch,
         "seconds": round(time.time() - started, 1),
         "final": final,
-        "history": history.history,
+        "history": epochs,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json(out / "metrics.json", report)
     _log_hparams(loggers, report)
     _print_where(out, report, loggers)
     return float(score) if score is not None else float("nan")
+
+
+def _maybe_compile(model: TrafficSignClassifier, cfg: DictConfig) -> None:
+    """``model.compile``: torch.compile the network in place (its state_dict keys stay the same)."""
+    import torch
+
+    mode = cfg.model.get("compile", "off")
+    on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    if mode == "on" or (mode == "gpu" and on_gpu):
+        log.info("torch.compile: compiling %s (the first steps take longer)", cfg.model.name)
+        model.model.compile()
 
 
 def _task_overrides() -> list[str]:

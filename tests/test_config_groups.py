@@ -19,7 +19,7 @@ CASES = [(group, option) for group in GROUPS for option in group_options(group)]
 EXTRA = {
     "model": ["model.pretrained=false"],
     "experiment": ["trainer.fast_dev_run=true", "data.train_per_class=2", "data.val_per_class=1",
-                   "data.test_per_class=1"],
+                   "data.test_per_class=1", "model.pretrained=false"],
 }
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ["experiment=quickstart", "data.train_per_class=3", "data.val_per_class=2", "data.test_per_class=2",
@@ -43,6 +44,8 @@ def test_quickstart_leaves_a_complete_run(quickstart_run):
     assert {"val", "test"} == set(report["final"])
     assert report["best_score"] == report["final"]["val"]["val/acc"]
     assert report["config"]["model"]["name"] == "simple_cnn"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1  # the latest epoch, whichever was best
     # the run says where everything went
     assert f"run directory: {run_dir}" in proc.stdout and "tensorboard --logdir" in proc.stdout
 

@@ -1,25 +1,45 @@
 """The LightningDataModule: one place that turns ``conf/data`` into DataLoaders.
 
 Every source (real GTSRB, the synthetic signs, a user's image folders) is
-decoded once into :class:`~gtsrb.data.imageset.ImageSet` tensors at the
-configured size; the training loader then augments each sample (label-safe)
-and MixUp/CutMix runs on whole batches after they reach the device.
+decoded once into :class:`~gtsrb.data.imageset.ImageSet` uint8 tensors at the
+configured size, contrast-normalised if ``data.preprocess`` says so, and kept
+in ``data.cache_dir`` when set (:mod:`gtsrb.data.cache`).
+
+Two ways to augment the training images, with the same result for the same
+random parameters (:mod:`gtsrb.data.batch_augment`):
+
+* ``data.augment_on=batch`` (default): the loader only slices uint8 batches
+  out of the tensor (no per-sample Python, no workers); the whole batch is
+  augmented and normalised on the training device in
+  :meth:`TrafficSignDataModule.on_after_batch_transfer`, on the GPU when there
+  is one. Eval batches are normalised as whole batches too.
+* ``data.augment_on=sample``: each image is augmented on its own in the
+  DataLoader (with ``data.num_workers`` processes). The fallback for data
+  read image by image (too large for memory) and for checking the batched
+  path: both call the same functional ops with the same parameter sampler.
+
+MixUp/CutMix then runs on the augmented training batch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from gtsrb.classes import GTSRB_CLASS_NAMES, gtsrb_hflip_map
+from gtsrb.config import AugmentationConfig, DataConfig, MixupConfig
+from gtsrb.data.batch_augment import BatchAugment, normalize, one_thread_on_cpu, to_float
+from gtsrb.data.cache import load_or_build, source_files
 from gtsrb.data.imageset import ImageSet
 from gtsrb.data.mixing import build_mixer
-from gtsrb.data.transforms import LabelAwareFlip, build_eval_transform, build_flip, build_train_transform
+from gtsrb.data.preprocess import preprocess_images
+from gtsrb.data.transforms import LabelAwareFlip, build_eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +60,66 @@ class TransformedImageSet(Dataset):
         return self.transform(image), label
 
 
+class AugmentedSamples(Dataset):
+    """The per-sample path: each image gets its own parameters and the same functional ops as a batch.
+
+    Returns normalised float images, so the DataLoader's batches are ready for the model.
+    """
+
+    def __init__(self, data: ImageSet, augment: BatchAugment) -> None:
+        self.data, self.augment = data, augment
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.augment(self.data.images[index:index + 1], self.data.labels[index:index + 1])
+        return images[0], int(labels[0])
+
+
+class TensorBatches(Dataset):
+    """Whole batches by index list: ``dataset[[i, j, ...]]`` is one tensor slice, no per-sample Python.
+
+    Used with a ``BatchSampler`` as sampler and ``batch_size=None``. Training
+    batches stay uint8 (4x less to copy to the device; augmented there);
+    eval batches are normalised here, so any consumer gets model-ready input.
+    """
+
+    def __init__(self, data: ImageSet, mean=None, std=None) -> None:
+        self.data, self.mean, self.std = data, mean, std
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        with one_thread_on_cpu(self.data.images):  # a small copy: a second thread only adds a barrier
+            images = self.data.images[index]
+            if self.mean is not None:
+                images = normalize(to_float(images), self.mean, self.std)
+        return images, self.data.labels[index]
+
+
+def _typed(schema, values) -> DictConfig:
+    """Plain dicts (from a checkpoint) or configs, checked against the schema and completed with its defaults."""
+    return OmegaConf.merge(OmegaConf.structured(schema), values)
+
+
 class TrafficSignDataModule(L.LightningDataModule):
-    def __init__(self, data: DictConfig, augmentation: DictConfig, mixup: DictConfig, seed: int = 0) -> None:
+    def __init__(self, data: dict, augmentation: dict | None = None, mixup: dict | None = None, seed: int = 0) -> None:
+        """Hyperparameters are saved into every checkpoint, so evaluation can rebuild the same splits."""
         super().__init__()
-        self.cfg, self.aug, self.mix_cfg, self.seed = data, augmentation, mixup, seed
+        self.cfg = _typed(DataConfig, data)
+        self.aug = _typed(AugmentationConfig, augmentation or {})
+        self.mix_cfg = _typed(MixupConfig, mixup or {})
+        self.seed = seed
+        self.save_hyperparameters({"data": OmegaConf.to_container(self.cfg), "seed": seed,
+                                   "augmentation": OmegaConf.to_container(self.aug),
+                                   "mixup": OmegaConf.to_container(self.mix_cfg)}, logger=False)
         self.splits: dict[str, ImageSet] = {}
         self.class_names: list[str] = []
         self.flip_map: Sequence[int] | None = None
+        self.augment: BatchAugment | None = None
         self.mixer = None
 
     # -- loading -----------------------------------------------------------------
@@ -55,33 +128,52 @@ class TrafficSignDataModule(L.LightningDataModule):
         if self.cfg.source == "gtsrb" and self.cfg.download:
             from gtsrb.data.gtsrb import load_gtsrb
 
-            load_gtsrb(self.cfg.root, self.cfg.image_size, self.cfg.val_fraction, self.seed,
+            load_gtsrb(self.cfg.root, self.cfg.image_size, self.cfg.val_fraction, self.cfg.split_seed,
                        download=True, roi_crop=self.cfg.roi_crop, on_corrupt=self.cfg.on_corrupt)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:  # decoded already: train.py sets up early to learn the classes
             return
         cfg = self.cfg
+        if cfg.source == "synthetic":  # generated, nothing to cache
+            self.splits, self.class_names = self._decode()
+        else:
+            settings = {"source": cfg.source, "root": str(Path(cfg.root).expanduser().resolve()),
+                        "image_size": cfg.image_size, "roi_crop": cfg.roi_crop, "on_corrupt": cfg.on_corrupt,
+                        "preprocess": cfg.preprocess, "val_fraction": cfg.val_fraction,
+                        "split_seed": cfg.split_seed if cfg.source == "gtsrb" else None}
+            self.splits, self.class_names = load_or_build(cfg.cache_dir, settings,
+                                                          source_files(cfg.source, cfg.root), self._decode)
+        if cfg.source == "gtsrb" or (cfg.source == "synthetic" and cfg.num_classes == 43):
+            self.flip_map = gtsrb_hflip_map()
+        self.augment = BatchAugment(self.aug, self.cfg.mean, self.cfg.std, self.flip_map)
+        self.mixer = build_mixer(self.mix_cfg, self.num_classes)
+        log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
+
+    def _decode(self) -> tuple[dict[str, ImageSet], list[str]]:
+        """Decode (or render) every split, then apply ``data.preprocess`` once."""
+        cfg = self.cfg
         if cfg.source == "gtsrb":
             from gtsrb.data.gtsrb import load_gtsrb
 
-            self.splits = load_gtsrb(cfg.root, cfg.image_size, cfg.val_fraction, self.seed, download=False,
-                                     roi_crop=cfg.roi_crop, on_corrupt=cfg.on_corrupt)
-            self.class_names, self.flip_map = list(GTSRB_CLASS_NAMES), gtsrb_hflip_map()
+            splits = load_gtsrb(cfg.root, cfg.image_size, cfg.val_fraction, cfg.split_seed, download=False,
+                                roi_crop=cfg.roi_crop, on_corrupt=cfg.on_corrupt)
+            class_names = list(GTSRB_CLASS_NAMES)
         elif cfg.source == "synthetic":
             from gtsrb.data.synthetic import make_synthetic
 
             sizes = {"train": cfg.train_per_class, "val": cfg.val_per_class, "test": cfg.test_per_class}
-            self.splits = {split: make_synthetic(n, cfg.image_size, seed=self.seed * 1000 + i, num_classes=cfg.num_classes)
-                           for i, (split, n) in enumerate(sizes.items()) if n > 0}
-            self.class_names = list(GTSRB_CLASS_NAMES[: cfg.num_classes])
-            self.flip_map = gtsrb_hflip_map()[: cfg.num_classes] if cfg.num_classes == 43 else None
+            splits = {split: make_synthetic(n, cfg.image_size, seed=self.seed * 1000 + i, num_classes=cfg.num_classes)
+                      for i, (split, n) in enumerate(sizes.items()) if n > 0}
+            class_names = list(GTSRB_CLASS_NAMES[: cfg.num_classes])
         else:
             from gtsrb.data.folder import load_folder
 
-            self.splits, self.class_names = load_folder(cfg.root, cfg.image_size, on_corrupt=cfg.on_corrupt)
-        self.mixer = build_mixer(self.mix_cfg, self.num_classes)
-        log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
+            splits, class_names = load_folder(cfg.root, cfg.image_size, on_corrupt=cfg.on_corrupt)
+        if cfg.preprocess != "none":
+            splits = {name: ImageSet(preprocess_images(s.images, cfg.preprocess), s.labels, s.groups)
+                      for name, s in splits.items()}
+        return splits, class_names
 
     @property
     def num_classes(self) -> int:
@@ -91,16 +183,25 @@ class TrafficSignDataModule(L.LightningDataModule):
         return len(self.splits.get(split, ())) > 0
 
     # -- loaders -----------------------------------------------------------------
+    @property
+    def batched(self) -> bool:
+        """Augment whole batches on the device (``data.augment_on=batch``)."""
+        return self.cfg.augment_on == "batch"
+
     def _loader(self, dataset: Dataset, shuffle: bool = False, sampler=None, drop_last: bool = False) -> DataLoader:
+        pin = torch.cuda.is_available()
+        if self.batched:  # one slice per batch: no workers needed
+            if sampler is None:
+                sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            batches = BatchSampler(sampler, self.cfg.batch_size, drop_last=drop_last)
+            return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=pin)
         workers = self.cfg.num_workers
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=workers, persistent_workers=workers > 0, drop_last=drop_last,
-                          pin_memory=torch.cuda.is_available())
+                          num_workers=workers, persistent_workers=workers > 0, drop_last=drop_last, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:
         data = self.splits["train"]
-        transform = build_train_transform(self.aug, self.cfg.mean, self.cfg.std)
-        dataset = TransformedImageSet(data, transform, build_flip(self.aug, self.flip_map))
+        dataset = TensorBatches(data) if self.batched else AugmentedSamples(data, self.augment)
         sampler = self._balanced_sampler(data.labels) if self.cfg.balanced_sampling else None
         # drop_last: a final batch of one sample would break BatchNorm
         return self._loader(dataset, shuffle=sampler is None, sampler=sampler, drop_last=len(data) > self.cfg.batch_size)
@@ -114,7 +215,10 @@ class TrafficSignDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         if not self.has_split(split):
             return []  # Lightning skips an empty loader list
-        return self._loader(TransformedImageSet(self.splits[split], build_eval_transform(self.cfg.mean, self.cfg.std)))
+        data = self.splits[split]
+        if self.batched:
+            return self._loader(TensorBatches(data, self.cfg.mean, self.cfg.std))
+        return self._loader(TransformedImageSet(data, build_eval_transform(self.cfg.mean, self.cfg.std)))
 
     def _balanced_sampler(self, labels: torch.Tensor) -> WeightedRandomSampler:
         """Every class equally likely per draw; an epoch still has len(train) samples."""
@@ -123,9 +227,16 @@ class TrafficSignDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
 
+    def augment_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch as the model sees it: augmented (uint8 batches from the batched path), then mixed."""
+        if images.dtype == torch.uint8:
+            images, labels = self.augment(images, labels)
+        if self.mixer is not None:
+            images, labels = self.mixer(images, labels)
+        return images, labels
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """MixUp/CutMix on the device, training batches only."""
-        if self.mixer is not None and self.trainer is not None and self.trainer.training:
-            images, labels = batch
-            batch = self.mixer(images, labels)
+        """Augmentation (batched path) and MixUp/CutMix on the device, training batches only."""
+        if self.trainer is not None and self.trainer.training:
+            batch = self.augment_batch(*batch)
         return batch

@@ -18,6 +18,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from gtsrb.errors import UserError
 from gtsrb.models.simple_cnn import SimpleCNN
+from gtsrb.models.small_resnet import VARIANTS as SMALL_RESNETS
+from gtsrb.models.small_resnet import SmallResNet
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, weights: 
         if pretrained or weights:
             raise UserError("simple_cnn has no pretrained weights; set model.pretrained=false and model.weights=null")
         return SimpleCNN(num_classes=num_classes, drop_rate=drop_rate)
+    if name in SMALL_RESNETS:
+        if pretrained or weights:
+            raise UserError(f"{name} has no pretrained weights; set model.pretrained=false and model.weights=null")
+        return SmallResNet(num_classes=num_classes, drop_rate=drop_rate, **SMALL_RESNETS[name])
     if not timm.is_model(name):
         raise UserError(f"unknown timm model '{name}'; pick a model config (model=...) or a name from timm.list_models()")
     kwargs: dict = dict(num_classes=num_classes, drop_rate=drop_rate)

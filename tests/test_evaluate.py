@@ -1,0 +1,192 @@
+"""``evaluate.py`` end to end on a freshly trained quickstart-style checkpoint: every artifact, the
+calibrated checkpoint, the options, and one clear line for each thing a user can get wrong."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from conftest import compose_cfg
+from gtsrb.cli import CONF_DIR
+from gtsrb.config import register_evaluate_config
+from gtsrb.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ["confusion_matrix.png", "reliability.png", "metrics_summary.png", "per_class_accuracy.png",
+           "confused_pairs.png", "misclassified.png"]
+# One thread per process: the suite shares a small CPU, and oversubscribed OpenMP makes tiny models crawl.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A quickstart-style run (simple_cnn, 43 synthetic classes, 32 px) trained for a few batches."""
+    from gtsrb.training import train
+
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train(compose_cfg(run_dir, "trainer.fast_dev_run=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                      "test=false", "augmentation=light"))
+    return run_dir
+
+
+def eval_cfg(*overrides: str) -> DictConfig:
+    register_evaluate_config()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("evaluate", overrides=list(overrides))
+
+
+def test_cli_writes_every_artifact_and_a_calibrated_checkpoint(trained_run, tmp_path):
+    from gtsrb.module import TrafficSignClassifier
+
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={trained_run}", f"hydra.run.dir={out}",
+                           "gallery_size=4"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for name in [*FIGURES, "metrics.json", "per_class_report.csv", "confused_pairs.csv", "predictions.csv",
+                 "calibrated.ckpt"]:
+        assert (out / name).is_file(), name
+    assert len(list((out / "misclassified").glob("*_true-*_pred-*_conf*.png"))) == 4
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    report = json.loads((out / "metrics.json").read_text())
+    best = json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"]
+    assert report["checkpoint"] == best and report["split"] == "test" and report["num_images"] == 43
+    expected = {"acc", "top3_acc", "top5_acc", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
+                "recall_weighted", "f1_weighted", "nll", "ece_15bins"}
+    assert set(report["metrics"]["uncalibrated"]) == expected == set(report["metrics"]["calibrated"])
+    assert report["metrics"]["calibrated"]["acc"] == report["metrics"]["uncalibrated"]["acc"]
+    assert report["calibration"]["val_nll_after"] <= report["calibration"]["val_nll_before"]
+    assert report["config"]["data"]["source"] == "synthetic" and report["config"]["model"]["name"] == "simple_cnn"
+    assert f"calibrated checkpoint: {out / 'calibrated.ckpt'}" in proc.stdout
+
+    with open(out / "per_class_report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 43 and rows[14]["class_name"] == "Stop"
+    assert set(rows[0]) == {"class_id", "class_name", "precision", "recall", "f1", "support", "accuracy"}
+    assert sum(int(r["support"]) for r in rows) == 43
+
+    # the temperature travels with the weights: predictions from the new checkpoint are calibrated
+    model = TrafficSignClassifier.load_from_checkpoint(out / "calibrated.ckpt", map_location="cpu").eval()
+    assert float(model.temperature) == pytest.approx(report["temperature"])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.predict_step(images, 0), (model(images) / report["temperature"]).softmax(1))
+    # the training run is left as it was
+    assert not (trained_run / "calibrated.ckpt").exists()
+
+
+def test_options_tta_fgsm_val_split_and_tensorboard(trained_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gtsrb.evaluation.run import evaluate
+
+    report = evaluate(eval_cfg(f"ckpt_path={trained_run}/checkpoints/last.ckpt", f"output_dir={tmp_path}",
+                               "split=val", "tta=true", "fgsm_epsilons=[0.01,0.03]", "gradcam_method=gradcam++",
+                               "gallery_size=2", "data.batch_size=32"))
+    assert report["split"] == "val" and report["tta"] is True and report["tta_gain"] is not None
+    assert [row["epsilon"] for row in report["fgsm"]] == [0.0, 0.01, 0.03]
+    assert all(0 <= row["acc"] <= 1 for row in report["fgsm"])
+    assert report["config"]["data"]["batch_size"] == 32  # overrides replace the checkpoint's values
+    with open(tmp_path / "confused_pairs.csv") as f:
+        pairs = list(csv.DictReader(f))
+    assert pairs and all(p["true_name"] != p["pred_name"] for p in pairs)
+    assert [int(p["count"]) for p in pairs] == sorted((int(p["count"]) for p in pairs), reverse=True)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert {f"eval_val/{name[:-4]}" for name in FIGURES} <= set(events.Tags()["images"])
+    assert "eval_val/uncalibrated/acc" in events.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "does not exist; pass ckpt_path="),
+    ("garbage", "cannot read checkpoint"),
+    ("other_model", "is not a checkpoint of this project's TrafficSignClassifier"),
+    ("empty_run_dir", "holds no best checkpoint"),
+])
+def test_bad_checkpoints_are_one_clear_line(tmp_path, setup, message):
+    from gtsrb.evaluation.run import evaluate
+
+    path = tmp_path / "model.ckpt"
+    if setup == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif setup == "other_model":
+        torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "hyper_parameters": {"lr": 0.1}}, path)
+    elif setup == "empty_run_dir":
+        path = tmp_path / "run"
+        path.mkdir()
+    out = tmp_path / "eval"
+    with pytest.raises(UserError, match=message) as info:
+        evaluate(eval_cfg(f"ckpt_path={path}", f"output_dir={out}"))
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_data_with_another_number_of_classes_is_refused(trained_run, tmp_path):
+    from gtsrb.evaluation.run import evaluate
+
+    with pytest.raises(UserError, match="classifies 43 classes, not the 10 of the data"):
+        evaluate(eval_cfg(f"ckpt_path={trained_run}", f"output_dir={tmp_path / 'eval'}", "data.num_classes=10"))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={tmp_path / 'nope.ckpt'}",
+                           f"hydra.run.dir={out}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nope.ckpt'} does not exist; pass "
+                                                "ckpt_path=<run directory> or ckpt_path=<run>/checkpoints/<file>.ckpt"]
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("split=train", "split=train is not a valid choice"),
+    ("fgsm_epsilons=[2]", "must lie in [0, 1]"),
+    ("gradcam_method=cam", "gradcam_method=cam is not a valid choice"),
+])
+def test_bad_options_are_one_line(tmp_path, override, message):
+    from gtsrb.evaluation.run import evaluate
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        evaluate(eval_cfg("ckpt_path=x", f"output_dir={tmp_path}", override))
+
+
+def test_tta_reads_a_mirrored_sign_as_its_mirror_twin():
+    from gtsrb.evaluation.inference import _unflip, tta_logits
+
+    original = torch.tensor([[0.1, 0.2, 0.3]]).log()
+    flipped = torch.tensor([[0.5, 0.4, 0.9]]).log()
+    # class 0 and 1 are mirror twins, class 2 has no mirror image: it keeps the unflipped score
+    assert torch.allclose(_unflip(flipped, original, [1, 0, -1]).exp(), torch.tensor([[0.4, 0.5, 0.3]]))
+
+    class LeftOrRight(torch.nn.Module):
+        """Says 'left' (0) when the left half is brighter, 'right' (1) otherwise; class 2 never."""
+
+        def forward(self, x):
+            left, right = x[..., :2].mean(dim=(1, 2, 3)), x[..., 2:].mean(dim=(1, 2, 3))
+            return torch.stack([left - right, right - left, torch.full_like(left, -5.0)], dim=1) * 10
+
+    image = torch.zeros(1, 3, 4, 4)
+    image[..., :2] = 1.0
+    averaged = tta_logits(LeftOrRight(), image, flip_map=[1, 0, -1], shift=0)
+    # the mirrored view says 'right', which is evidence for 'left': both views agree exactly
+    assert torch.allclose(averaged, LeftOrRight()(image).log_softmax(dim=1), atol=1e-5)
