@@ -11,7 +11,6 @@ import torch
 from gtsrb.classes import GTSRB_CLASS_NAMES, gtsrb_hflip_map
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.data.folder import load_folder
-from gtsrb.data.transforms import LabelAwareFlip
 from gtsrb.errors import UserError
 from gtsrb.training import train
 
@@ -26,17 +25,6 @@ def test_class_names_and_mirror_map_are_consistent():
             assert names[c].replace("left", "X").replace("right", "X") == names[m].replace("left", "X").replace("right", "X")
     assert mapping[names.index("Turn left ahead")] == names.index("Turn right ahead")
     assert mapping[names.index("Stop")] == -1
-
-
-def test_label_safe_flip_swaps_twins_and_never_flips_asymmetric_signs():
-    flip = LabelAwareFlip(gtsrb_hflip_map(), p=1.0)
-    image = torch.arange(12, dtype=torch.uint8).reshape(1, 3, 4).expand(3, 3, 4).contiguous()
-    out, label = flip(image, 19)  # dangerous curve to the left -> to the right
-    assert label == 20 and torch.equal(out, image.flip(-1))
-    out, label = flip(image, 14)  # a mirrored stop sign is no sign: left alone
-    assert label == 14 and torch.equal(out, image)
-    out, label = flip(image, 13)  # yield is symmetric: flipped, same label
-    assert label == 13 and torch.equal(out, image.flip(-1))
 
 
 def test_balanced_sampling_evens_out_class_frequencies():

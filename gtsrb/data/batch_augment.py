@@ -53,7 +53,7 @@ _NUM_BINS = 31  # torchvision's magnitude bins
 
 # Largest magnitude of each op (translate as a share of the image width). Both
 # policies use RandAugment's gentle geometry: TrivialAugmentWide's 135 degree
-# rotations would turn "keep right" into "keep left" (see transforms.SignTrivialAugment).
+# rotations would turn "keep right" into "keep left".
 _POLICIES = {
     "trivialaugment": dict(num_ops=1, bin=None, max={"shear_x": 0.3, "shear_y": 0.3, "translate_x": 150 / 331,
                                                      "translate_y": 150 / 331, "rotate": 30.0, "brightness": 0.99,
@@ -175,8 +175,8 @@ def sample_params(aug: AugmentationConfig, labels: torch.Tensor, size: int, flip
                   generator: torch.Generator | None = None) -> tuple[AugmentParams, torch.Tensor]:
     """Draw parameters for ``len(labels)`` samples of ``size`` x ``size`` pixels; returns them and the new labels.
 
-    ``flip_map`` follows :class:`~gtsrb.data.transforms.LabelAwareFlip`: the
-    label after a mirror flip, or -1 where the mirror image is no sign.
+    ``flip_map`` (:func:`gtsrb.classes.gtsrb_hflip_map`) gives the label after
+    a mirror flip, or -1 where the mirror image is no sign.
     """
     n, device = len(labels), labels.device
     params = AugmentParams()

@@ -39,25 +39,22 @@ from gtsrb.data.cache import load_or_build, source_files
 from gtsrb.data.imageset import ImageSet
 from gtsrb.data.mixing import build_mixer
 from gtsrb.data.preprocess import preprocess_images
-from gtsrb.data.transforms import LabelAwareFlip, build_eval_transform
+from gtsrb.data.transforms import build_eval_transform
 
 log = logging.getLogger(__name__)
 
 
 class TransformedImageSet(Dataset):
-    """An :class:`ImageSet` seen through a per-sample transform (and an optional label-aware flip)."""
+    """An :class:`ImageSet` seen through a per-image transform (evaluation on the per-sample path)."""
 
-    def __init__(self, data: ImageSet, transform, flip: LabelAwareFlip | None = None) -> None:
-        self.data, self.transform, self.flip = data, transform, flip
+    def __init__(self, data: ImageSet, transform) -> None:
+        self.data, self.transform = data, transform
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.data.images[index], int(self.data.labels[index])
-        if self.flip is not None:
-            image, label = self.flip(image, label)
-        return self.transform(image), label
+        return self.transform(self.data.images[index]), int(self.data.labels[index])
 
 
 class AugmentedSamples(Dataset):

@@ -3,7 +3,7 @@
 TTA averages the model's log-probabilities over a few views of each image:
 small shifts (translation is part of the training augmentation) and a mirror
 image where a mirror keeps the sign's meaning. As in training
-(:class:`~gtsrb.data.transforms.LabelAwareFlip`), a mirrored "turn left" is
+(:func:`gtsrb.classes.gtsrb_hflip_map`), a mirrored "turn left" is
 read as evidence for "turn right": the flipped view's scores are mapped back
 through the flip map, and classes whose mirror image is no sign take their
 score from the unflipped view.

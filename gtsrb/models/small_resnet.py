@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gtsrb.models.head import PooledClassifier
+
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
@@ -37,7 +39,7 @@ class BasicBlock(nn.Module):
         return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
 
 
-class SmallResNet(nn.Module):
+class SmallResNet(PooledClassifier):
     """Stem (3x3 conv) then one stage per width; every stage after the first halves the resolution."""
 
     def __init__(self, num_classes: int = 43, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256),
@@ -50,27 +52,11 @@ class SmallResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             cin = width
         self.stages = nn.Sequential(*stages)
-        self.num_features = cin
         self.feature_info = [dict(num_chs=w, reduction=2 ** i, module=f"stages.{i}") for i, w in enumerate(widths)]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self._init_head(cin, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # Named sizes, selectable as model.name (conf/model/resnet_gtsrb*.yaml).
