@@ -34,6 +34,15 @@ TINY = [
 ]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU: more OpenMP threads than free cores make them ten times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def compose_cfg(output_dir: Path, *overrides: str, base: list[str] | None = None) -> DictConfig:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
