@@ -14,7 +14,9 @@ from PIL import Image
 from gtsrb.errors import UserError
 from gtsrb.evaluation.checkpoint import read_checkpoint, save_calibrated
 from gtsrb.predict import main, predict
-from test_evaluate import one_thread, trained_run  # noqa: F401  (session-scoped trained checkpoint)
+from test_evaluate import trained_run  # noqa: F401  (session-scoped trained checkpoint)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
