@@ -24,6 +24,8 @@ from gtsrb.models.small_resnet import SmallResNet
 log = logging.getLogger(__name__)
 
 SIMPLE_CNN = "simple_cnn"
+# The project's own networks (no pretrained weights): model name -> (class, keyword arguments).
+FROM_SCRATCH = {SIMPLE_CNN: (SimpleCNN, {}), **{n: (SmallResNet, kw) for n, kw in SMALL_RESNETS.items()}}
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None,
@@ -35,14 +37,11 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, weights: 
     pretrained=true run downloads timm's weights, and a failed download turns
     into a one-line error that names both ways around it.
     """
-    if name == SIMPLE_CNN:
-        if pretrained or weights:
-            raise UserError("simple_cnn has no pretrained weights; set model.pretrained=false and model.weights=null")
-        return SimpleCNN(num_classes=num_classes, drop_rate=drop_rate)
-    if name in SMALL_RESNETS:
+    if name in FROM_SCRATCH:
         if pretrained or weights:
             raise UserError(f"{name} has no pretrained weights; set model.pretrained=false and model.weights=null")
-        return SmallResNet(num_classes=num_classes, drop_rate=drop_rate, **SMALL_RESNETS[name])
+        network, kwargs = FROM_SCRATCH[name]
+        return network(num_classes=num_classes, drop_rate=drop_rate, **kwargs)
     if not timm.is_model(name):
         raise UserError(f"unknown timm model '{name}'; pick a model config (model=...) or a name from timm.list_models()")
     kwargs: dict = dict(num_classes=num_classes, drop_rate=drop_rate)
