@@ -5,6 +5,8 @@ Speed is measured in benchmarks/, not here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -153,3 +155,170 @@ def test_preprocessing_keeps_shape_and_lifts_dark_images(method):
     out = preprocess_images(dark, method)
     assert out.dtype == torch.uint8 and out.shape == dark.shape
     assert out.float().std() > 2 * dark.float().std()
+
+
+# --------------------------------------------------------------------------- pinned behaviour of the fast paths
+# apply_params and the ops below are tuned for speed (in-place arithmetic, blurring only the samples that are
+# blurred, a coordinate-major warp grid); these tests hold them to plain formulas written out here.
+
+
+def _random_batch(n=6, h=9, w=11, seed=0):
+    """Float images with a different height and width, so that swapped axes show."""
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _separable_gaussian3(image, sigma):
+    """GaussianBlur(3): kernel exp(-d^2 / 2 sigma^2) for d in -1, 0, 1, normalised; reflect padding."""
+    k = torch.exp(-torch.tensor([1.0, 0.0, 1.0]) / (2 * sigma ** 2))
+    k = k / k.sum()
+    padded = torch.nn.functional.pad(image[None], (1, 1, 1, 1), mode="reflect")
+    return torch.nn.functional.conv2d(padded, torch.outer(k, k).expand(3, 1, 3, 3), groups=3)[0]
+
+
+@pytest.mark.parametrize("sigma", [[0.0, 0.5, 0.0, 1.0, 0.3, 0.0], [0.0] * 6, [0.2, 0.4, 0.6, 0.8, 1.0, 0.1]],
+                         ids=["some", "none", "all"])
+def test_blur_changes_only_samples_with_sigma_and_those_as_a_direct_gaussian(sigma):
+    x = _random_batch()
+    before = x.clone()
+    sigma = torch.tensor(sigma)
+    out = B.gaussian_blur3(x, sigma)
+    assert torch.equal(x, before)  # the public op leaves its input alone
+    full_batch = B._blur3(x, sigma)  # what runs on an accelerator: every sample through the kernel
+    for i, s in enumerate(sigma.tolist()):
+        if s == 0:
+            assert torch.equal(out[i], x[i]) and torch.equal(full_batch[i], x[i])
+        else:
+            expected = _separable_gaussian3(x[i], s)
+            torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
+            torch.testing.assert_close(full_batch[i], expected, atol=1e-6, rtol=0)
+
+
+def _bilinear_homography(image, inverse):
+    """Output pixel centre (origin at the image centre) -> ``inverse`` -> input, bilinear, zero outside."""
+    _, h, w = image.shape
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5 - h / 2, torch.arange(w) + 0.5 - w / 2, indexing="ij")
+    src = torch.einsum("ij,jhw->ihw", inverse.double(), torch.stack([xs, ys, torch.ones_like(xs)]).double())
+    px, py = src[0] / src[2] + w / 2 - 0.5, src[1] / src[2] + h / 2 - 0.5  # input pixel indices
+    x0, y0 = px.floor().long(), py.floor().long()
+    out = torch.zeros(image.shape, dtype=torch.float64)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1 - (px - xi).abs()) * (1 - (py - yi).abs())
+            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            out += torch.where(inside, weight, 0.0) * image.double()[:, yi.clamp(0, h - 1), xi.clamp(0, w - 1)]
+    return out.float()
+
+
+def test_warp_is_bilinear_sampling_through_each_samples_homography():
+    x = _random_batch(3)
+    inverse = torch.eye(3).repeat(3, 1, 1)
+    inverse[1, :2, 2] = torch.tensor([2.0, -3.0])  # a whole-pixel shift
+    inverse[2] = torch.tensor([[0.9, 0.2, 0.7], [-0.1, 1.1, -0.4], [0.02, -0.03, 1.0]])  # a perspective
+    out = B.warp_images(x, inverse)
+    torch.testing.assert_close(out[0], x[0], atol=1e-5, rtol=0)
+    shifted = torch.zeros_like(x[1])
+    shifted[:, 3:, :-2] = x[1][:, :-3, 2:]  # output pixel (row r, column c) reads input (r - 3, c + 2)
+    torch.testing.assert_close(out[1], shifted, atol=1e-5, rtol=0)
+    for i in range(3):
+        torch.testing.assert_close(out[i], _bilinear_homography(x[i], inverse[i]), atol=1e-5, rtol=0)
+
+
+def test_colour_jitter_ops_are_torchvisions_per_image_to_float_precision():
+    """Per-sample factors, each image against torchvision's float formula (tighter than the op table above)."""
+    x = _random_batch(5)
+    factor = torch.tensor([0.0, 0.7, 1.0, 1.3, 2.0])
+    for ours, theirs in [(B.adjust_brightness, TF.adjust_brightness), (B.adjust_contrast, TF.adjust_contrast),
+                         (B.adjust_saturation, TF.adjust_saturation)]:
+        before = x.clone()
+        out = ours(x, factor)
+        assert torch.equal(x, before)
+        for i, f in enumerate(factor.tolist()):
+            torch.testing.assert_close(out[i], theirs(x[i], f), atol=1e-6, rtol=0)
+
+
+def test_public_ops_leave_their_input_alone():
+    x = _random_batch(4)
+    before = x.clone()
+    f = torch.tensor([0.5, 1.2, 0.9, 1.6])
+    B.adjust_hue(x, torch.tensor([0.02, -0.02, 0.0, 0.01]))
+    B.adjust_sharpness(x, f)
+    B.normalize(x, MEAN, STD)
+    B.erase(x, torch.tensor([[1.0, 1.0, 3.0, 3.0]]).expand(4, 4))
+    assert torch.equal(x, before)
+
+
+def _chain(images, params, mean, std):
+    """apply_params written out with the public ops, one sample at a time, auto-augment op by op."""
+    public = {"brightness": lambda x, m: B.adjust_brightness(x, 1 + m),
+              "color": lambda x, m: B.adjust_saturation(x, 1 + m),
+              "contrast": lambda x, m: B.adjust_contrast(x, 1 + m),
+              "sharpness": lambda x, m: B.adjust_sharpness(x, 1 + m),
+              "posterize": lambda x, m: B.posterize(x, 8 - m), "solarize": lambda x, m: B.solarize(x, 1 - m),
+              "autocontrast": lambda x, m: B.autocontrast(x), "equalize": lambda x, m: B.equalize(x)}
+    out = []
+    for i in range(len(images)):
+        p = params[i:i + 1]
+        x = images[i:i + 1].float() / 255
+        x = B.warp_images(x, p.warp)
+        x = B.adjust_brightness(x, p.brightness)
+        x = B.adjust_contrast(x, p.contrast)
+        x = B.adjust_saturation(x, p.saturation)
+        x = B.adjust_hue(x, p.hue)
+        x = B.gaussian_blur3(x, p.blur_sigma)
+        if p.aa_ops is not None:
+            for op, m in zip(p.aa_ops[0].tolist(), p.aa_magnitudes[0]):
+                if B.OPS[op] in public:
+                    x = public[B.OPS[op]](x, m.view(1))
+        x = B.normalize(x, mean, std)
+        if p.erase is not None:
+            x = B.erase(x, p.erase)
+        out.append(x[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", ["standard", "strong"])
+def test_apply_params_is_the_chain_of_public_ops_and_leaves_the_batch_alone(signs, name):
+    augment = B.BatchAugment(aug_cfg(name), MEAN, STD, gtsrb_hflip_map())
+    images = signs.images[:24]
+    params, _ = augment.sample(signs.labels[:24], 32, generator=torch.Generator().manual_seed(2))
+    assert 0 < (params.blur_sigma > 0).sum() < 24  # some samples blurred, some not
+    before = images.clone()
+    out = augment.apply(images, params)
+    assert torch.equal(images, before)
+    torch.testing.assert_close(out, _chain(images, params, MEAN, STD), atol=1e-6, rtol=0)
+
+
+def test_one_by_one_equals_the_batch_bit_for_bit_on_cpu(signs):
+    augment = B.BatchAugment(aug_cfg("strong"), MEAN, STD, gtsrb_hflip_map())
+    params, _ = augment.sample(signs.labels, 32, generator=torch.Generator().manual_seed(4))
+    batch = augment.apply(signs.images, params)
+    single = torch.cat([augment.apply(signs.images[i:i + 1], params[i:i + 1]) for i in range(len(signs))])
+    assert torch.equal(single, batch)
+
+
+def test_apply_params_without_ops_only_normalises_and_never_writes_to_a_float_input(signs):
+    images = signs.images[:8]
+    expected = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(B.apply_params(images, B.AugmentParams(), MEAN, STD), expected, atol=1e-6, rtol=0)
+    floats = images.float() / 255  # to_float makes no copy of a float32 batch
+    before = floats.clone()
+    params = B.AugmentParams(brightness=torch.full((8,), 1.5), contrast=torch.full((8,), 0.5),
+                             blur_sigma=torch.full((8,), 0.8), erase=torch.tensor([[1.0, 1.0, 4.0, 4.0]]).expand(8, 4))
+    B.apply_params(floats, params, MEAN, STD)
+    B.apply_params(floats, B.AugmentParams(), MEAN, STD)
+    assert torch.equal(floats, before)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_batch_augment_draws_what_sample_params_draws_from_the_config(signs, name):
+    """BatchAugment samples from a plain copy of its config; the draws must be those of the config itself."""
+    aug = aug_cfg(name, auto_augment="randaugment") if name == "strong" else aug_cfg(name)
+    augment = B.BatchAugment(aug, MEAN, STD, gtsrb_hflip_map())
+    ours, our_labels = augment.sample(signs.labels, 32, generator=torch.Generator().manual_seed(5))
+    theirs, their_labels = B.sample_params(aug, signs.labels, 32, torch.tensor(gtsrb_hflip_map()),
+                                           generator=torch.Generator().manual_seed(5))
+    assert torch.equal(our_labels, their_labels)
+    for field in dataclasses.fields(B.AugmentParams):
+        a, b = getattr(ours, field.name), getattr(theirs, field.name)
+        assert (a is None and b is None) or torch.equal(a, b), field.name

@@ -34,12 +34,15 @@ continuous, not whole pixels; auto-augment's shears turn about the centre.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from gtsrb.config import AugmentationConfig
 
@@ -247,68 +250,149 @@ def _erase_boxes(n: int, size: int, p: float, generator, device) -> torch.Tensor
 # --------------------------------------------------------------------------- applying
 
 
-def warp_images(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """Resample float images [n, C, H, W] through per-sample inverse homographies (bilinear, black fill)."""
-    n, _, h, w = x.shape
-    ys = torch.arange(h, device=x.device, dtype=x.dtype) + 0.5 - h / 2
-    xs = torch.arange(w, device=x.device, dtype=x.dtype) + 0.5 - w / 2
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Homogeneous pixel centres [3, h*w] (x, y, 1; origin at the image centre); cached, never written to.
+
+    Built once per size: rebuilding it costs a tenth of warping one image in
+    the per-sample path.
+    """
+    ys = torch.arange(h, device=device, dtype=dtype) + 0.5 - h / 2
+    xs = torch.arange(w, device=device, dtype=dtype) + 0.5 - w / 2
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    base = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).view(1, h * w, 3)
-    mapped = base @ inverse.to(x.dtype).transpose(1, 2)  # [n, h*w, 3]
-    grid = mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6) / torch.tensor([w / 2, h / 2], device=x.device,
-                                                                           dtype=x.dtype)
-    return F.grid_sample(x, grid.view(n, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.stack([gx.flatten(), gy.flatten(), torch.ones(h * w, device=device, dtype=dtype)])
+
+
+def warp_images(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Resample float images [n, C, H, W] through per-sample inverse homographies (bilinear, black fill).
+
+    The sampling grid is built coordinate-major, [n, 2, H*W], and handed to
+    ``grid_sample`` as a permuted view: computing it as [n, H*W, 2] (the
+    layout ``grid_sample`` names) puts a dimension of 2 or 3 innermost, where
+    every elementwise op crawls; on one CPU thread that cost several times
+    the resampling itself. ``grid_sample`` reads the permuted view directly,
+    and the grid values are the same.
+    """
+    n, _, h, w = x.shape
+    mapped = inverse.to(x.dtype) @ _pixel_centres(h, w, x.device, x.dtype)  # [n, 3, h*w]: source x, y, w
+    grid = mapped[:, :2].div_(mapped[:, 2:].clamp_min(1e-6))
+    grid.div_(torch.tensor([w / 2, h / 2], device=x.device, dtype=x.dtype).view(1, 2, 1))
+    return F.grid_sample(x, grid.view(n, 2, h, w).permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+# The colour ops below come in pairs: ``_op_(x, ...)`` overwrites ``x`` and
+# returns it, ``op(x, ...)`` leaves its input alone. apply_params and
+# auto-augment work on tensors they made themselves (the float copy of the
+# uint8 batch, the warp's output, a gathered subset), so they call the
+# in-place ops and skip an allocation and a pass over the batch per op. The
+# in-place ops do the same arithmetic in the same order, so both give the
+# same bits.
 
 
 def _per_sample(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
+_GREY = (0.2989, 0.587, 0.114)
+
+
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    """torchvision's luma, [n, 1, H, W] (accumulated in place: same sums, fewer temporaries)."""
+    grey = x[:, 0] * _GREY[0]
+    grey += x[:, 1] * _GREY[1]
+    grey += x[:, 2] * _GREY[2]
+    return grey.unsqueeze(1)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``_blend``: factor * x + (1 - factor) * other, clipped; factor per sample."""
+def _blend_(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_blend`` in place: factor * x + (1 - factor) * other, clipped; factor per sample."""
     f = _per_sample(factor)
-    return (f * x + (1 - f) * other).clamp(0, 1)
+    return x.mul_(f).add_((1 - f) * other).clamp_(0, 1)
+
+
+def _adjust_brightness_(x, factor):
+    return x.mul_(_per_sample(factor)).clamp_(0, 1)
+
+
+def _adjust_contrast_(x, factor):
+    """Blend with the mean luma of each image.
+
+    The mean luma is taken as the luma of the channel means (the mean is
+    linear): one reduction over the image instead of building the luma image
+    first. It differs from the mean of the luma image by float rounding only
+    (~1e-7).
+    """
+    means = x.mean(dim=(2, 3))  # [n, 3]
+    grey = _GREY[0] * means[:, 0] + _GREY[1] * means[:, 1] + _GREY[2] * means[:, 2]
+    return _blend_(x, _per_sample(grey), factor)
+
+
+def _adjust_saturation_(x, factor):
+    return _blend_(x, _grayscale(x), factor)
 
 
 def adjust_brightness(x, factor):
-    return (x * _per_sample(factor)).clamp(0, 1)
+    return _adjust_brightness_(x.clone(), factor)
 
 
 def adjust_contrast(x, factor):
-    return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+    return _adjust_contrast_(x.clone(), factor)
 
 
 def adjust_saturation(x, factor):
-    return _blend(x, _grayscale(x), factor)
+    return _adjust_saturation_(x.clone(), factor)
 
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 def adjust_hue(x, shift):
     """Rotate the chroma plane (YIQ) by ``shift`` turns: brightness stays, colours move round the wheel."""
-    yiq = _RGB_TO_YIQ.to(x.device, x.dtype)
+    yiq, rgb = _RGB_TO_YIQ.to(x.device, x.dtype), _YIQ_TO_RGB.to(x.device, x.dtype)
     angle = 2 * math.pi * shift.to(x.dtype)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.zeros(len(x), 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, cos, -sin, sin, cos
-    matrix = torch.linalg.inv(yiq) @ rot @ yiq  # [n, 3, 3]
-    return torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
+    matrix = rgb @ rot @ yiq  # [n, 3, 3]
+    return (matrix @ x.flatten(2)).view_as(x).clamp_(0, 1)
 
 
-def gaussian_blur3(x, sigma):
-    """3x3 Gaussian blur with a per-sample sigma (0 = unchanged), reflect padding, as GaussianBlur(3)."""
+def _blur3(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """3x3 Gaussian blur, separable, reflect padding; returns a new tensor (sigma 0: the same values as ``x``)."""
     side = torch.where(sigma > 0, torch.exp(-0.5 / sigma.clamp_min(1e-3) ** 2), torch.zeros_like(sigma))
     side = _per_sample(side / (1 + 2 * side)).to(x.dtype)
     centre = 1 - 2 * side
     p = F.pad(x, (1, 1, 0, 0), mode="reflect")
-    x = centre * x + side * (p[..., :-2] + p[..., 2:])
+    x = (p[..., :-2] + p[..., 2:]).mul_(side).add_(centre * x)
     p = F.pad(x, (0, 0, 1, 1), mode="reflect")
-    return centre * x + side * (p[..., :-2, :] + p[..., 2:, :])
+    return (p[..., :-2, :] + p[..., 2:, :]).mul_(side).add_(centre * x)
+
+
+def _gaussian_blur3_(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """:func:`gaussian_blur3` writing into ``x``.
+
+    On the CPU only the samples with sigma > 0 are blurred (gather, blur,
+    scatter back): the configs blur a fifth of the samples, and blurring all
+    of them cost as much as the warp. Each sample is blurred on its own, so
+    the subset gets the same bits as a full-batch blur would. On an
+    accelerator the whole batch is blurred instead: that is cheap there, and
+    picking the subset would wait for the device.
+    """
+    if x.device.type != "cpu":
+        return _blur3(x, sigma)
+    index = torch.nonzero(sigma > 0).flatten()
+    if len(index) == len(x):
+        return _blur3(x, sigma)
+    if len(index):
+        x[index] = _blur3(x[index], sigma[index])
+    return x
+
+
+def gaussian_blur3(x, sigma):
+    """3x3 Gaussian blur with a per-sample sigma (0 = unchanged), reflect padding, as GaussianBlur(3)."""
+    return _gaussian_blur3_(x.clone(), sigma)
 
 
 def adjust_sharpness(x, factor):
@@ -318,7 +402,7 @@ def adjust_sharpness(x, factor):
     smooth = F.conv2d(x, kernel.expand(c, 1, 3, 3), groups=c)
     degenerate = x.clone()
     degenerate[..., 1:-1, 1:-1] = smooth
-    return _blend(x, degenerate, factor)
+    return _blend_(x.clone(), degenerate, factor)
 
 
 def posterize(x, bits):
@@ -352,10 +436,10 @@ def equalize(x):
     return torch.where(step > 0, out, q.to(x.dtype) / 255).view(n, c, h, w)
 
 
-_COLOUR_OPS = {
-    "brightness": lambda x, m: adjust_brightness(x, 1 + m),
-    "color": lambda x, m: adjust_saturation(x, 1 + m),
-    "contrast": lambda x, m: adjust_contrast(x, 1 + m),
+_COLOUR_OPS = {  # each is given a gathered copy, so may overwrite it
+    "brightness": lambda x, m: _adjust_brightness_(x, 1 + m),
+    "color": lambda x, m: _adjust_saturation_(x, 1 + m),
+    "contrast": lambda x, m: _adjust_contrast_(x, 1 + m),
     "sharpness": lambda x, m: adjust_sharpness(x, 1 + m),
     "posterize": lambda x, m: posterize(x, 8 - m),
     "solarize": lambda x, m: solarize(x, 1 - m),
@@ -364,15 +448,15 @@ _COLOUR_OPS = {
 }
 
 
-def _auto_augment_colour(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
-    """Colour ops of auto-augment, in order; each sample takes its own op (the geometry is in the warp).
+def _auto_augment_colour_(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """Colour ops of auto-augment, in order, written into ``x``; each sample takes its own op (the geometry is in
+    the warp).
 
     Each op runs only on the samples that drew it (gather, compute, scatter
     back): computing all eight on the whole batch costs 8x more. Every op acts
     on each image independently, so a sample's result does not depend on the
     rest of the batch.
     """
-    x = x.clone()
     for j in range(ops.shape[1]):
         op, m = ops[:, j], magnitudes[:, j]
         for name, compute in _COLOUR_OPS.items():
@@ -382,24 +466,33 @@ def _auto_augment_colour(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.T
     return x
 
 
-def erase(x: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -> torch.Tensor:
-    """Fill each sample's box (top, left, height, width) with ``value``; height 0 leaves the sample alone."""
+def _erase_mask(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """[n, 1, H, W]: inside each sample's box (top, left, height, width); height 0 leaves the sample alone."""
     _, _, h, w = x.shape
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     top, left, bh, bw = (boxes[:, i].view(-1, 1, 1) for i in range(4))
     inside = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
-    return x.masked_fill(inside.unsqueeze(1), value)
+    return inside.unsqueeze(1)
+
+
+def erase(x: torch.Tensor, boxes: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """Fill each sample's box (top, left, height, width) with ``value``; height 0 leaves the sample alone."""
+    return x.masked_fill(_erase_mask(x, boxes), value)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def _normalize_(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     mean_t = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    return x.sub_(mean_t).div_(std_t)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    return _normalize_(x.clone(), mean, std)
 
 
 def apply_params(images: torch.Tensor, params: AugmentParams, mean: Sequence[float],
@@ -409,25 +502,31 @@ def apply_params(images: torch.Tensor, params: AugmentParams, mean: Sequence[flo
     Order: geometry (one warp), colour jitter, blur, auto-augment colour ops,
     normalisation, then erasing with 0 (the mean colour), as RandomErasing
     after Normalize does.
+
+    Every step after the first works in place on the float tensor made here
+    (``images`` itself is never written to): a new tensor per op cost about
+    as much as the arithmetic.
     """
     x = to_float(images)
     if params.warp is not None:
         x = warp_images(x, params.warp)
+    elif x is images:  # float32 input: to_float made no copy
+        x = x.clone()
     if params.brightness is not None:
-        x = adjust_brightness(x, params.brightness)
+        x = _adjust_brightness_(x, params.brightness)
     if params.contrast is not None:
-        x = adjust_contrast(x, params.contrast)
+        x = _adjust_contrast_(x, params.contrast)
     if params.saturation is not None:
-        x = adjust_saturation(x, params.saturation)
+        x = _adjust_saturation_(x, params.saturation)
     if params.hue is not None:
         x = adjust_hue(x, params.hue)
     if params.blur_sigma is not None:
-        x = gaussian_blur3(x, params.blur_sigma)
+        x = _gaussian_blur3_(x, params.blur_sigma)
     if params.aa_ops is not None:
-        x = _auto_augment_colour(x, params.aa_ops, params.aa_magnitudes)
-    x = normalize(x, mean, std)
+        x = _auto_augment_colour_(x, params.aa_ops, params.aa_magnitudes)
+    x = _normalize_(x, mean, std)
     if params.erase is not None:
-        x = erase(x, params.erase)
+        x = x.masked_fill_(_erase_mask(x, params.erase), 0.0)
     return x
 
 
@@ -442,10 +541,15 @@ class BatchAugment:
                  flip_map: Sequence[int] | None = None) -> None:
         self.aug, self.mean, self.std = aug, list(mean), list(std)
         self.flip_map = None if flip_map is None else torch.as_tensor(list(flip_map), dtype=torch.long)
+        # A plain copy of the config for sampling: each read of an OmegaConf field costs ~10 us, and
+        # sample_params reads about 35 of them, which was 40% of its time (and paid per image in the
+        # per-sample path).
+        self._sampling_cfg = SimpleNamespace(**OmegaConf.to_container(aug, resolve=True)) \
+            if OmegaConf.is_config(aug) else aug
 
     def sample(self, labels: torch.Tensor, size: int,
                generator: torch.Generator | None = None) -> tuple[AugmentParams, torch.Tensor]:
-        return sample_params(self.aug, labels, size, self.flip_map, generator)
+        return sample_params(self._sampling_cfg, labels, size, self.flip_map, generator)
 
     def apply(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         return apply_params(images, params, self.mean, self.std)
