@@ -34,6 +34,7 @@ class DataConfig:
     augment_on: str = "batch"  # batch: whole batches on the training device | sample: per image in the loader
     preprocess: str = "none"  # none | autocontrast | equalize | clahe: contrast normalisation, once at decoding
     cache_dir: Optional[str] = None  # gtsrb/folder: keep decoded tensors here; rebuilt when the files change
+    in_memory: bool = True  # gtsrb/folder: false decodes each image in the DataLoader (needs augment_on=sample)
     train_per_class: int = 100  # synthetic: images per class and split
     val_per_class: int = 20
     test_per_class: int = 20
@@ -197,6 +198,23 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"augmentation.scale={list(scale)} must be [low, high] with 0 < low <= high")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
         raise UserError("data.mean and data.std need three values each (RGB), with std > 0")
+    if not cfg.data.in_memory:
+        _check_lazy_data(cfg.data)
+
+
+def _check_lazy_data(data: DictConfig) -> None:
+    """``data.in_memory=false`` only makes sense for image files, augmented per sample, without a tensor cache."""
+    if data.source == "synthetic":
+        raise UserError("data.in_memory=false reads image files one by one, but data.source=synthetic renders its "
+                        "images in memory; set data.in_memory=true or use data=gtsrb or data=folder")
+    if data.augment_on != "sample":
+        raise UserError(f"data.in_memory=false decodes each image in the DataLoader, so "
+                        f"data.augment_on={data.augment_on} has no tensor to augment whole batches from; "
+                        "set data.augment_on=sample")
+    if data.cache_dir:
+        raise UserError(f"data.in_memory=false decodes images as they are needed, so "
+                        f"data.cache_dir={data.cache_dir} (a cache of decoded tensors) would never be used; "
+                        "set data.cache_dir=null or data.in_memory=true")
 
 
 # --------------------------------------------------------------------------- evaluate.py

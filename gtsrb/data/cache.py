@@ -33,7 +33,8 @@ from gtsrb.data.imageset import ImageSet
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when decoding or preprocessing code changes what a setting produces
+CACHE_VERSION = 2  # bump when decoding or preprocessing code changes what a setting produces
+# 2: the gtsrb split is drawn on the file list before decoding (differs from 1 only when a whole track is unreadable)
 
 
 def source_files(source: str, root: str) -> list[Path]:

@@ -14,9 +14,15 @@ random parameters (:mod:`gtsrb.data.batch_augment`):
   :meth:`TrafficSignDataModule.on_after_batch_transfer`, on the GPU when there
   is one. Eval batches are normalised as whole batches too.
 * ``data.augment_on=sample``: each image is augmented on its own in the
-  DataLoader (with ``data.num_workers`` processes). The fallback for data
-  read image by image (too large for memory) and for checking the batched
-  path: both call the same functional ops with the same parameter sampler.
+  DataLoader (with ``data.num_workers`` processes). The path for data read
+  image by image and for checking the batched path: both call the same
+  functional ops with the same parameter sampler.
+
+With ``data.in_memory=false`` (gtsrb and folder, per-sample path only)
+nothing is decoded up front: each split is a
+:class:`~gtsrb.data.imageset.LazyImageSet` of file records, split exactly as
+the in-memory path splits them, and the DataLoader's workers decode,
+preprocess and augment each image with the in-memory path's own functions.
 
 MixUp/CutMix then runs on the augmented training batch.
 """
@@ -30,48 +36,102 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler,
+                              default_collate)
 
 from gtsrb.classes import GTSRB_CLASS_NAMES, gtsrb_hflip_map
 from gtsrb.config import AugmentationConfig, DataConfig, MixupConfig
 from gtsrb.data.batch_augment import BatchAugment, normalize, one_thread_on_cpu, to_float
 from gtsrb.data.cache import load_or_build, source_files
-from gtsrb.data.imageset import ImageSet
+from gtsrb.data.imageset import ImageSet, LazyImageSet
 from gtsrb.data.mixing import build_mixer
 from gtsrb.data.preprocess import preprocess_images
 from gtsrb.data.transforms import build_eval_transform
+from gtsrb.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class TransformedImageSet(Dataset):
-    """An :class:`ImageSet` seen through a per-image transform (evaluation on the per-sample path)."""
+Split = ImageSet | LazyImageSet  # both give len(), .labels and .image(i)
 
-    def __init__(self, data: ImageSet, transform) -> None:
+
+class TransformedImageSet(Dataset):
+    """A split seen through a per-image transform (evaluation on the per-sample path).
+
+    Yields None for an image skipped as unreadable (lazy splits only); :func:`collate_readable` drops it.
+    """
+
+    def __init__(self, data: Split, transform) -> None:
         self.data, self.transform = data, transform
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.data.images[index]), int(self.data.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        image = self.data.image(index)
+        if image is None:
+            return None
+        return self.transform(image), int(self.data.labels[index])
 
 
 class AugmentedSamples(Dataset):
     """The per-sample path: each image gets its own parameters and the same functional ops as a batch.
 
-    Returns normalised float images, so the DataLoader's batches are ready for the model.
+    Returns normalised float images, so the DataLoader's batches are ready for
+    the model. In-memory and lazy splits differ only in how ``image(i)`` gets
+    the pixels; a lazy image skipped as unreadable yields None
+    (:func:`collate_readable` drops it).
     """
 
-    def __init__(self, data: ImageSet, augment: BatchAugment) -> None:
+    def __init__(self, data: Split, augment: BatchAugment) -> None:
         self.data, self.augment = data, augment
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        images, labels = self.augment(self.data.images[index:index + 1], self.data.labels[index:index + 1])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        image = self.data.image(index)
+        if image is None:
+            return None
+        images, labels = self.augment(image[None], self.data.labels[index:index + 1])
         return images[0], int(labels[0])
+
+
+def collate_readable(samples: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A batch of the samples that decoded (a skipped file yields None); None when not one did."""
+    readable = [s for s in samples if s is not None]
+    return default_collate(readable) if readable else None
+
+
+class LazyLoader(DataLoader):
+    """The DataLoader of lazy splits: leaves out batches in which every file was skipped as unreadable,
+    and gives a :class:`UserError` raised in a worker process (a corrupt file) back its own one line.
+
+    PyTorch re-raises a worker's exception as the same type with the worker's
+    whole traceback as the message; the command line would print all of it.
+    """
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except UserError as exc:
+                message = _worker_message(str(exc))
+                if message is None:  # raised in this process: already one line
+                    raise
+                raise UserError(message) from None
+            if batch is not None:
+                yield batch
+
+
+def _worker_message(text: str) -> str | None:
+    """The original message of a UserError re-raised from a DataLoader worker (its traceback's last line), else None."""
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return lines[-1][len(prefix):] if text.startswith("Caught ") and lines else None
 
 
 class TensorBatches(Dataset):
@@ -113,7 +173,7 @@ class TrafficSignDataModule(L.LightningDataModule):
         self.save_hyperparameters({"data": OmegaConf.to_container(self.cfg), "seed": seed,
                                    "augmentation": OmegaConf.to_container(self.aug),
                                    "mixup": OmegaConf.to_container(self.mix_cfg)}, logger=False)
-        self.splits: dict[str, ImageSet] = {}
+        self.splits: dict[str, Split] = {}
         self.class_names: list[str] = []
         self.flip_map: Sequence[int] | None = None
         self.augment: BatchAugment | None = None
@@ -121,18 +181,24 @@ class TrafficSignDataModule(L.LightningDataModule):
 
     # -- loading -----------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Download once per machine (Lightning calls this on one process only)."""
+        """Download once per machine (Lightning calls this on one process only); decoding waits for setup."""
         if self.cfg.source == "gtsrb" and self.cfg.download:
-            from gtsrb.data.gtsrb import load_gtsrb
+            from gtsrb.data.gtsrb import index_gtsrb
 
-            load_gtsrb(self.cfg.root, self.cfg.image_size, self.cfg.val_fraction, self.cfg.split_seed,
-                       download=True, roi_crop=self.cfg.roi_crop, on_corrupt=self.cfg.on_corrupt)
+            index_gtsrb(self.cfg.root, self.cfg.val_fraction, self.cfg.split_seed, download=True)
+
+    @property
+    def lazy(self) -> bool:
+        """Decode image by image in the DataLoader (``data.in_memory=false``); synthetic images are always in memory."""
+        return not self.cfg.in_memory and self.cfg.source != "synthetic"
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:  # decoded already: train.py sets up early to learn the classes
             return
         cfg = self.cfg
-        if cfg.source == "synthetic":  # generated, nothing to cache
+        if self.lazy:  # only the file lists: nothing decoded, nothing to cache
+            self.splits, self.class_names = self._index()
+        elif cfg.source == "synthetic":  # generated, nothing to cache
             self.splits, self.class_names = self._decode()
         else:
             settings = {"source": cfg.source, "root": str(Path(cfg.root).expanduser().resolve()),
@@ -146,6 +212,21 @@ class TrafficSignDataModule(L.LightningDataModule):
         self.augment = BatchAugment(self.aug, self.cfg.mean, self.cfg.std, self.flip_map)
         self.mixer = build_mixer(self.mix_cfg, self.num_classes)
         log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
+
+    def _index(self) -> tuple[dict[str, LazyImageSet], list[str]]:
+        """Every split as a list of files with labels (and tracks), split as :meth:`_decode` splits it."""
+        from gtsrb.data.gtsrb import RecordDecoder, index_gtsrb
+
+        cfg = self.cfg
+        if cfg.source == "gtsrb":
+            records = index_gtsrb(cfg.root, cfg.val_fraction, cfg.split_seed, download=False).splits()
+            class_names = list(GTSRB_CLASS_NAMES)
+        else:
+            from gtsrb.data.folder import folder_records
+
+            records, class_names = folder_records(cfg.root)
+        decode = RecordDecoder(cfg.image_size, cfg.roi_crop, cfg.on_corrupt, cfg.preprocess)
+        return {name: LazyImageSet(split, decode) for name, split in records.items()}, class_names
 
     def _decode(self) -> tuple[dict[str, ImageSet], list[str]]:
         """Decode (or render) every split, then apply ``data.preprocess`` once."""
@@ -187,14 +268,17 @@ class TrafficSignDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool = False, sampler=None, drop_last: bool = False) -> DataLoader:
         pin = torch.cuda.is_available()
+        if self.lazy and self.batched:  # validate() says so before training; this catches a data module built by hand
+            raise UserError("data.in_memory=false decodes each image in the DataLoader; set data.augment_on=sample")
         if self.batched:  # one slice per batch: no workers needed
             if sampler is None:
                 sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
             batches = BatchSampler(sampler, self.cfg.batch_size, drop_last=drop_last)
             return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=pin)
         workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=workers, persistent_workers=workers > 0, drop_last=drop_last, pin_memory=pin)
+        loader, collate = (LazyLoader, collate_readable) if self.lazy else (DataLoader, None)
+        return loader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=drop_last, pin_memory=pin, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         data = self.splits["train"]

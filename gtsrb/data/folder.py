@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from gtsrb.data.gtsrb import Record, decode_images
+from gtsrb.data.gtsrb import Record, records_to_imageset
 from gtsrb.data.imageset import ImageSet
 from gtsrb.errors import UserError
 
@@ -28,8 +27,12 @@ def _records(split_dir: Path, class_to_idx: dict[str, int]) -> list[Record]:
     return [Record(Path(path), label) for path, label in samples]
 
 
-def load_folder(root: str, image_size: int, on_corrupt: str = "error") -> tuple[dict[str, ImageSet], list[str]]:
-    """Decode every split found under ``root``; returns the splits and the class names."""
+def folder_records(root: str) -> tuple[dict[str, list[Record]], list[str]]:
+    """The image files of every split found under ``root`` with their labels, and the class names; decodes nothing.
+
+    Shared by the in-memory path (:func:`load_folder`) and the lazy one
+    (``data.in_memory=false``), so both see the same files with the same labels.
+    """
     root_path = Path(root).expanduser()
     train_dir = root_path / "train"
     if not train_dir.is_dir():
@@ -39,12 +42,17 @@ def load_folder(root: str, image_size: int, on_corrupt: str = "error") -> tuple[
     splits = {}
     for split in SPLITS:
         split_dir = root_path / split
-        if split_dir.is_dir():
-            records = _records(split_dir, class_to_idx)
-            if records:
-                images, kept = decode_images(records, image_size, on_corrupt=on_corrupt)
-                labels = [records[i].label for i in kept]
-                splits[split] = ImageSet(images, torch.tensor(labels, dtype=torch.int64))
+        records = _records(split_dir, class_to_idx) if split_dir.is_dir() else []
+        if records:
+            splits[split] = records
     if "train" not in splits:
         raise UserError(f"no images found in {train_dir}; put them in one subfolder per class")
+    return splits, classes
+
+
+def load_folder(root: str, image_size: int, on_corrupt: str = "error") -> tuple[dict[str, ImageSet], list[str]]:
+    """Decode every split found under ``root``; returns the splits and the class names."""
+    records, classes = folder_records(root)
+    splits = {split: records_to_imageset(split_records, image_size, False, on_corrupt, with_groups=False)
+              for split, split_records in records.items()}
     return splits, classes

@@ -1,4 +1,4 @@
-"""Reader for the real GTSRB dataset: find it, index it, decode it once, split it by track.
+"""Reader for the real GTSRB dataset: find it, index it, split it by track, decode it.
 
 GTSRB was filmed from a moving car: each physical sign appears as a *track* of
 about 30 consecutive frames that are near-duplicates of each other. A random
@@ -22,6 +22,11 @@ Users have the data in one of two layouts, both detected under ``root``:
       root/GTSRB/Final_Test/Images/NNNNN.ppm
       root/GT-final_test.csv  (or root/GTSRB/, or next to the test images)
 
+The split is drawn from the index (labels and tracks), before any file is
+read: :func:`load_gtsrb` then decodes everything once into memory, while
+``data.in_memory=false`` keeps only the records and decodes each image in the
+DataLoader (:class:`RecordDecoder`) with the same code, on the same split.
+
 ``root`` may also be the ``gtsrb`` folder itself. The CSV ``Width``/``Height``/
 ``Roi.*`` columns describe the *original* image; copies on disk may have been
 resized, so the ROI is scaled by the file's real size before cropping.
@@ -44,6 +49,7 @@ from PIL import Image, ImageFile
 
 from gtsrb.classes import NUM_GTSRB_CLASSES
 from gtsrb.data.imageset import ImageSet
+from gtsrb.data.preprocess import preprocess_images
 from gtsrb.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -257,6 +263,33 @@ def _decode_one(record: Record, image_size: int, roi_crop: bool) -> np.ndarray:
         return np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box))
 
 
+def check_decode_settings(image_size: int, on_corrupt: str) -> None:
+    """Settings checked before the first file is read, so a typo does not surface after minutes of decoding."""
+    if int(image_size) <= 0:
+        raise UserError(f"image size {image_size} must be a positive number of pixels; set e.g. data.image_size=32")
+    if on_corrupt not in _ON_CORRUPT:
+        raise UserError(f"data.on_corrupt={on_corrupt!r} is not one of {_ON_CORRUPT}; set data.on_corrupt=error or skip")
+
+
+def decode_record(record: Record, image_size: int, roi_crop: bool = False,
+                  on_corrupt: str = "error") -> np.ndarray | None:
+    """One image as uint8 [S, S, 3], or None when it does not decode and ``on_corrupt`` is "skip".
+
+    The one place a file is read, for the in-memory and the lazy path alike: both
+    refuse truncated files and name an unreadable one in the same words.
+    """
+    try:
+        with _strict_pil():
+            return _decode_one(record, image_size, roi_crop)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if on_corrupt == "error":
+            raise UserError(
+                f"cannot decode image {record.path} ({_one_line(exc)}); remove the file or set data.on_corrupt=skip"
+            ) from exc
+        logger.warning("skipping unreadable image %s (%s)", record.path, _one_line(exc))
+        return None
+
+
 def decode_images(
     records: Sequence[Record], image_size: int, roi_crop: bool = False, on_corrupt: str = "error"
 ) -> tuple[torch.Tensor, list[int]]:
@@ -265,21 +298,13 @@ def decode_images(
     A file that does not decode is named, never silently replaced: "error"
     stops with a UserError, "skip" leaves it out with a warning.
     """
-    if on_corrupt not in _ON_CORRUPT:
-        raise UserError(f"data.on_corrupt={on_corrupt!r} is not one of {_ON_CORRUPT}; set data.on_corrupt=error or skip")
+    check_decode_settings(image_size, on_corrupt)
     out = np.empty((len(records), image_size, image_size, 3), dtype=np.uint8)
     kept: list[int] = []
-    with _strict_pil():
-        for i, record in enumerate(records):
-            try:
-                out[len(kept)] = _decode_one(record, image_size, roi_crop)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                if on_corrupt == "error":
-                    raise UserError(
-                        f"cannot decode image {record.path} ({_one_line(exc)}); remove the file or set data.on_corrupt=skip"
-                    ) from exc
-                logger.warning("skipping unreadable image %s (%s)", record.path, _one_line(exc))
-                continue
+    for i, record in enumerate(records):
+        pixels = decode_record(record, image_size, roi_crop, on_corrupt)
+        if pixels is not None:
+            out[len(kept)] = pixels
             kept.append(i)
     if len(kept) < len(records):
         logger.warning("skipped %d of %d GTSRB images that could not be decoded (data.on_corrupt=skip)", len(records) - len(kept), len(records))
@@ -287,11 +312,43 @@ def decode_images(
     return images, kept
 
 
-def _to_imageset(records: Sequence[Record], image_size: int, roi_crop: bool, on_corrupt: str, with_groups: bool) -> ImageSet:
+def records_to_imageset(records: Sequence[Record], image_size: int, roi_crop: bool, on_corrupt: str,
+                        with_groups: bool) -> ImageSet:
+    """The decodable records as an ImageSet, labels (and track ids) lined up with the images kept."""
     images, kept = decode_images(records, image_size, roi_crop, on_corrupt)
+    return _imageset(records, images, kept, with_groups)
+
+
+def _imageset(records: Sequence[Record], images: torch.Tensor, kept: list[int], with_groups: bool) -> ImageSet:
     labels = torch.tensor([records[i].label for i in kept], dtype=torch.int64)
     groups = torch.tensor([records[i].group for i in kept], dtype=torch.int64) if with_groups else None
     return ImageSet(images, labels, groups)
+
+
+@dataclass(frozen=True)
+class RecordDecoder:
+    """One record -> uint8 [3, S, S], decoded and preprocessed as the in-memory path does it; None if skipped.
+
+    The lazy path (``data.in_memory=false``) calls it once per image inside
+    the DataLoader's worker processes, so it is a small picklable object
+    rather than a closure. ``data.preprocess`` runs on the single image
+    through the same batch function, so both paths give the same pixels.
+    """
+
+    image_size: int
+    roi_crop: bool = False
+    on_corrupt: str = "error"
+    preprocess: str = "none"
+
+    def __post_init__(self) -> None:
+        check_decode_settings(self.image_size, self.on_corrupt)
+
+    def __call__(self, record: Record) -> torch.Tensor | None:
+        pixels = decode_record(record, self.image_size, self.roi_crop, self.on_corrupt)
+        if pixels is None:
+            return None
+        image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # a writable copy, [3, S, S]
+        return preprocess_images(image[None], self.preprocess)[0]
 
 
 # --------------------------------------------------------------------------- split
@@ -345,6 +402,70 @@ def _describe(name: str, data: ImageSet) -> str:
     return text + f" / {len(torch.unique(data.labels))} classes"
 
 
+@dataclass
+class GtsrbIndex:
+    """Every image of the dataset as a :class:`Record`, and the validation split, before anything is decoded.
+
+    The split is drawn from the index alone (labels and tracks), so the
+    in-memory path and the lazy one (``data.in_memory=false``) hold out the
+    same tracks for the same ``val_fraction`` and ``split_seed``.
+    """
+
+    train_dir: Path
+    train: list[Record]  # every training image, by class then file name
+    in_val: torch.Tensor  # bool per record of ``train``: its track is held out for validation
+    test: list[Record] | None  # the official test split, where it is on disk
+
+    def splits(self) -> dict[str, list[Record]]:
+        """The records of train, val and (where present) test."""
+        held_out = self.in_val.tolist()
+        splits = {"train": [r for r, v in zip(self.train, held_out) if not v],
+                  "val": [r for r, v in zip(self.train, held_out) if v]}
+        if self.test is not None:
+            splits["test"] = self.test
+        return splits
+
+
+def _find_or_download_train(root: Path, download: bool) -> Path:
+    train_dir = find_train_dir(root)
+    if train_dir is None and download:
+        _download(root, "train")
+        train_dir = find_train_dir(root)
+    if train_dir is None:
+        fix = (
+            f"unpack the dataset there or set data.root=... (data.download=true did not produce it)"
+            if download
+            else "unpack the dataset there, set data.root=..., or allow data.download=true"
+        )
+        raise UserError(f"GTSRB training images not found under {root} (expected {_expected_train_layout(root)}); {fix}")
+    return train_dir
+
+
+def _find_or_download_test(root: Path, download: bool) -> tuple[Path, Path] | None:
+    test_location = find_test(root)
+    if test_location is None and download:
+        _download(root, "test")
+        test_location = find_test(root)
+    if test_location is None:
+        logger.info("GTSRB official test split not found under %s; test metrics will be skipped", root)
+    return test_location
+
+
+def index_gtsrb(root, val_fraction: float, seed: int, download: bool = False) -> GtsrbIndex:
+    """Find (or download) the dataset, list its images and split train/val by whole tracks; decodes nothing."""
+    root = Path(root).expanduser()
+    train_dir = _find_or_download_train(root, download)
+    test_location = _find_or_download_test(root, download)
+    train = index_train(train_dir)
+    if not train:
+        raise UserError(f"no .ppm images in the class folders of {train_dir}; unpack the dataset again or set data.root=...")
+    _, val_idx = split_by_track([r.label for r in train], [r.group for r in train], val_fraction, seed)
+    in_val = torch.zeros(len(train), dtype=torch.bool)
+    in_val[val_idx] = True
+    test = None if test_location is None else index_test(*test_location)
+    return GtsrbIndex(train_dir, train, in_val, test)
+
+
 def load_gtsrb(
     root,
     image_size: int,
@@ -359,43 +480,21 @@ def load_gtsrb(
     "test" is the official test split and is only there when it is on disk (or
     downloaded): training does not need it, so its absence is logged, not fatal.
     Train and val carry track ids as ``groups`` so later code can check for leaks.
+    Train and val are decoded in one pass (one "skipped" summary) and then
+    divided by the index's split, so a skipped file never moves a track.
     """
-    root = Path(root).expanduser()
-    if int(image_size) <= 0:
-        raise UserError(f"image size {image_size} must be a positive number of pixels; set e.g. data.image_size=32")
-    if on_corrupt not in _ON_CORRUPT:
-        raise UserError(f"data.on_corrupt={on_corrupt!r} is not one of {_ON_CORRUPT}; set data.on_corrupt=error or skip")
-
-    train_dir = find_train_dir(root)
-    if train_dir is None and download:
-        _download(root, "train")
-        train_dir = find_train_dir(root)
-    if train_dir is None:
-        fix = (
-            f"unpack the dataset there or set data.root=... (data.download=true did not produce it)"
-            if download
-            else "unpack the dataset there, set data.root=..., or allow data.download=true"
-        )
-        raise UserError(f"GTSRB training images not found under {root} (expected {_expected_train_layout(root)}); {fix}")
-
-    test_location = find_test(root)
-    if test_location is None and download:
-        _download(root, "test")
-        test_location = find_test(root)
-
-    train_records = index_train(train_dir)
-    if not train_records:
-        raise UserError(f"no .ppm images in the class folders of {train_dir}; unpack the dataset again or set data.root=...")
-    full = _to_imageset(train_records, image_size, roi_crop, on_corrupt, with_groups=True)
-    if len(full) == 0:
-        raise UserError(f"none of the {len(train_records)} images under {train_dir} could be decoded; unpack the dataset again")
-    train_idx, val_idx = split_by_track(full.labels, full.groups, val_fraction, seed)
-    splits = {"train": full.subset(train_idx), "val": full.subset(val_idx)}
-
-    if test_location is None:
-        logger.info("GTSRB official test split not found under %s; test metrics will be skipped", root)
-    else:
-        splits["test"] = _to_imageset(index_test(*test_location), image_size, roi_crop, on_corrupt, with_groups=False)
-
-    logger.info("GTSRB from %s: %s", train_dir, "; ".join(_describe(name, data) for name, data in splits.items()))
+    check_decode_settings(image_size, on_corrupt)
+    index = index_gtsrb(root, val_fraction, seed, download)
+    images, kept = decode_images(index.train, image_size, roi_crop, on_corrupt)
+    if not kept:
+        raise UserError(f"none of the {len(index.train)} images under {index.train_dir} could be decoded; "
+                        "unpack the dataset again")
+    full = _imageset(index.train, images, kept, with_groups=True)
+    in_val = index.in_val[kept]  # the index's split, for the images that decoded
+    splits = {"train": full.subset(torch.nonzero(~in_val).flatten()),
+              "val": full.subset(torch.nonzero(in_val).flatten())}
+    del full, images  # the two subsets are copies: free the whole tensor before decoding the test split
+    if index.test is not None:
+        splits["test"] = records_to_imageset(index.test, image_size, roi_crop, on_corrupt, with_groups=False)
+    logger.info("GTSRB from %s: %s", index.train_dir, "; ".join(_describe(name, data) for name, data in splits.items()))
     return splits
