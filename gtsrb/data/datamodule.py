@@ -55,45 +55,49 @@ log = logging.getLogger(__name__)
 Split = ImageSet | LazyImageSet  # both give len(), .labels and .image(i)
 
 
-class TransformedImageSet(Dataset):
-    """A split seen through a per-image transform (evaluation on the per-sample path).
+class _PerSample(Dataset):
+    """One image of a split at a time, in-memory or lazy alike (they differ only in how ``image(i)`` gets it).
 
     Yields None for an image skipped as unreadable (lazy splits only); :func:`collate_readable` drops it.
     """
 
-    def __init__(self, data: Split, transform) -> None:
-        self.data, self.transform = data, transform
+    def __init__(self, data: Split) -> None:
+        self.data = data
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         image = self.data.image(index)
-        if image is None:
-            return None
-        return self.transform(image), int(self.data.labels[index])
+        return None if image is None else self.prepare(image, self.data.labels[index:index + 1])
+
+    def prepare(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
 
 
-class AugmentedSamples(Dataset):
+class TransformedImageSet(_PerSample):
+    """A split seen through a per-image transform (evaluation on the per-sample path)."""
+
+    def __init__(self, data: Split, transform) -> None:
+        super().__init__(data)
+        self.transform = transform
+
+    def prepare(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return self.transform(image), int(label[0])
+
+
+class AugmentedSamples(_PerSample):
     """The per-sample path: each image gets its own parameters and the same functional ops as a batch.
 
-    Returns normalised float images, so the DataLoader's batches are ready for
-    the model. In-memory and lazy splits differ only in how ``image(i)`` gets
-    the pixels; a lazy image skipped as unreadable yields None
-    (:func:`collate_readable` drops it).
+    Returns normalised float images, so the DataLoader's batches are ready for the model.
     """
 
     def __init__(self, data: Split, augment: BatchAugment) -> None:
-        self.data, self.augment = data, augment
+        super().__init__(data)
+        self.augment = augment
 
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
-        image = self.data.image(index)
-        if image is None:
-            return None
-        images, labels = self.augment(image[None], self.data.labels[index:index + 1])
+    def prepare(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, int]:
+        images, labels = self.augment(image[None], label)
         return images[0], int(labels[0])
 
 
