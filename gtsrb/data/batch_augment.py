@@ -17,7 +17,11 @@ How it is split up, so both data paths give the same result:
 The batched path calls both on the whole batch (``on_after_batch_transfer``);
 the per-sample path (``data.augment_on=sample``, for data loaded lazily)
 calls them with ``n=1`` per image. Applying the parameters of sample ``i``
-alone gives the same image as row ``i`` of the batch.
+alone gives the same image as row ``i`` of the batch, to float32 rounding:
+the sampling grid is a matrix product, whose kernel (and so its rounding)
+depends on the batch size, the thread count and the CPU. Ops that round to
+uint8 levels or threshold (posterize, equalize, solarize) can turn such a
+last-bit difference into a one-level step in a few pixels.
 
 Every geometric change (label-safe flip, affine, perspective, auto-augment's
 shear/translate/rotate) is composed into one homography per sample, so each
