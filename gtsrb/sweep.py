@@ -16,9 +16,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from gtsrb.metrics import HEADLINE
+
 log = logging.getLogger(__name__)
 
-COLUMNS = ("acc", "f1", "ece", "nll")
 
 
 def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -29,7 +30,7 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"job": path.parent.name, "overrides": " ".join(overrides),
                                "score": report.get("best_score"), "monitor": report["monitor"]}
         for split, values in report.get("final", {}).items():
-            for name in COLUMNS:
+            for name in HEADLINE:
                 if f"{split}/{name}" in values:
                     row[f"{split}/{name}"] = values[f"{split}/{name}"]
         row["epochs"], row["seconds"] = report.get("epochs"), report.get("seconds")

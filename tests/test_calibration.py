@@ -1,4 +1,5 @@
-"""Calibration maths against numbers worked out by hand, and temperature scaling on an over-confident model."""
+"""Calibration maths against numbers worked out by hand (the reliability bins and the shared ``ece`` and ``nll``
+metrics), and temperature scaling on an over-confident model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import math
 import pytest
 import torch
 
-from gtsrb.evaluation.calibration import expected_calibration_error, fit_temperature, nll, reliability_bins
+from gtsrb.evaluation.calibration import fit_temperature, reliability_bins
+from gtsrb.metrics import ExpectedCalibrationError, NegativeLogLikelihood
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """The ``ece`` metric of training and evaluation, on one set of logits."""
+    return float(ExpectedCalibrationError(logits.shape[1], n_bins=n_bins, norm="l1")(logits, labels))
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(NegativeLogLikelihood()(logits, labels))
 
 # Four predictions over three classes: (top-1 confidence, right?) = (0.9, yes), (0.8, no), (0.5, yes), (0.4, no).
 PROBS = torch.tensor([[0.90, 0.05, 0.05],
@@ -72,3 +83,12 @@ def test_fitted_temperature_is_the_nll_minimum():
     t = fit_temperature(logits, labels)
     for other in (0.9 * t, 1.1 * t):
         assert nll(logits / t, labels) < nll(logits / other, labels)
+
+
+def test_ece_reads_logits_as_logits_even_when_they_lie_in_zero_one():
+    """torchmetrics' own calibration error takes such a batch for probabilities; ours always applies softmax."""
+    logits = torch.tensor([[0.9, 0.1], [0.2, 0.6]])
+    labels = torch.tensor([0, 1])
+    probs = logits.softmax(dim=1)  # confidences 0.690 and 0.599, both right: ECE = 1 - mean confidence
+    expected = 1 - probs.max(dim=1).values.mean()
+    assert expected_calibration_error(logits, labels) == pytest.approx(float(expected), abs=1e-6)

@@ -39,7 +39,7 @@ def trained_run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     train(compose_cfg(run_dir, "trainer.fast_dev_run=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                      "test=false", "augmentation=light"))
+                      "augmentation=light"))
     return run_dir
 
 
@@ -65,8 +65,8 @@ def test_cli_writes_every_artifact_and_a_calibrated_checkpoint(trained_run, tmp_
     report = json.loads((out / "metrics.json").read_text())
     best = json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"]
     assert report["checkpoint"] == best and report["split"] == "test" and report["num_images"] == 43
-    expected = {"acc", "top3_acc", "top5_acc", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
-                "recall_weighted", "f1_weighted", "nll", "ece_15bins"}
+    expected = {"acc", "top3", "top5", "precision", "recall", "f1", "precision_weighted", "recall_weighted",
+                "f1_weighted", "nll", "ece"}
     assert set(report["metrics"]["uncalibrated"]) == expected == set(report["metrics"]["calibrated"])
     assert report["metrics"]["calibrated"]["acc"] == report["metrics"]["uncalibrated"]["acc"]
     assert report["calibration"]["val_nll_after"] <= report["calibration"]["val_nll_before"]
@@ -87,6 +87,24 @@ def test_cli_writes_every_artifact_and_a_calibrated_checkpoint(trained_run, tmp_
         assert torch.allclose(model.predict_step(images, 0), (model(images) / report["temperature"]).softmax(1))
     # the training run is left as it was
     assert not (trained_run / "calibrated.ckpt").exists()
+
+
+def test_training_and_evaluation_report_the_same_test_metrics_under_the_same_names(trained_run, tmp_path):
+    """One metric definition: the run's final test metrics are the evaluation's, on the same checkpoint and split."""
+    from gtsrb.evaluation.run import evaluate
+
+    run = json.loads((trained_run / "metrics.json").read_text())
+    trained = {key.removeprefix("test/"): value for key, value in run["final"]["test"].items() if key != "test/loss"}
+    assert set(trained) == {"acc", "top5", "f1", "precision", "recall", "nll", "ece"}
+    report = evaluate(eval_cfg(f"ckpt_path={trained_run}", f"output_dir={tmp_path}", "split=test", "calibrate=false",
+                               "gallery_size=0"))
+    assert report["checkpoint"] == run["best_checkpoint"]
+    evaluated = report["metrics"]["uncalibrated"]
+    assert set(trained) <= set(evaluated)
+    for name, value in trained.items():
+        # counts of right answers agree exactly; nll and ece are sums of float32 logits taken in other batches
+        tolerance = 1e-5 if name in ("nll", "ece") else 1e-12
+        assert evaluated[name] == pytest.approx(value, abs=tolerance), name
 
 
 def test_options_tta_fgsm_val_split_and_tensorboard(trained_run, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -19,8 +20,11 @@ def test_nll_matches_cross_entropy_over_several_batches():
     metric = NegativeLogLikelihood()
     metric.update(logits[:20], labels[:20])
     metric.update(logits[20:], labels[20:])
-    # two sums of 50 terms in different orders and precisions: each addition rounds by half an ulp at most
-    torch.testing.assert_close(metric.compute(), F.cross_entropy(logits, labels), rtol=50 * EPS, atol=0)
+    # summed in float64, batch by batch or at once: 50 additions, each off by half a float64 ulp at most
+    expected = F.cross_entropy(logits.double(), labels)
+    torch.testing.assert_close(metric.compute(), expected, rtol=50 * torch.finfo(torch.float64).eps, atol=0)
+    # and against float32 cross-entropy, which rounds each of its 50 terms and their sum in float32
+    torch.testing.assert_close(metric.compute().float(), F.cross_entropy(logits, labels), rtol=50 * EPS, atol=0)
 
 
 def test_metric_collection_reports_macro_scores():
@@ -51,3 +55,31 @@ def test_summary_sorts_best_first_and_puts_failed_runs_last(tmp_path):
         assert [r["job"] for r in csv.DictReader(f)] == ["2", "0", "1"]
     assert write_summary(tmp_path, "val/acc", "min")[0]["overrides"] == "model=a"
     assert "model=c" in (tmp_path / "summary.md").read_text()
+
+
+def _batch(correct: int, second_best: int, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """``correct`` images classified right, then ``second_best`` with the true class ranked second."""
+    n = correct + second_best
+    labels = torch.arange(n) % classes
+    logits = torch.zeros(n, classes)
+    logits[torch.arange(n), labels] = 2.0
+    logits[torch.arange(correct, n), (labels[correct:] + 1) % classes] = 3.0
+    return logits, labels
+
+
+@pytest.mark.parametrize("order", ["all-correct batch first", "mixed batch first"])
+def test_top5_is_its_own_metric_whatever_the_order_of_batches(order):
+    """Top-1 and top-5 accuracy have states of one shape; they must never be merged into one compute group.
+
+    torchmetrics merges metrics whose states are equal after the first update: a first batch classified
+    entirely right made top-5 equal to top-1 for the rest of the epoch.
+    """
+    batches = [_batch(4, 0), _batch(1, 1)]
+    if order == "mixed batch first":
+        batches.reverse()
+    metrics = classification_metrics(10).clone(prefix="test/")
+    for logits, labels in batches:
+        metrics.update(logits, labels)
+    values = metrics.compute()
+    assert values["test/acc"] == pytest.approx(5 / 6)
+    assert values["test/top5"] == 1.0

@@ -5,6 +5,7 @@ expected calibration error (ECE) measures the gap, the reliability bins show
 where it is, and temperature scaling (Guo et al., 2017) closes most of it with
 one number fitted on the validation split: ``softmax(logits / T)``. Dividing
 by ``T > 0`` never changes the arg-max, so accuracy stays exactly the same.
+The ECE and NLL themselves are the shared metrics of :mod:`gtsrb.metrics`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
-N_BINS = 15
+from gtsrb.metrics import N_BINS
 
 
 @dataclass
@@ -23,7 +23,7 @@ class ReliabilityBins:
     """Per confidence bin: how many predictions, their mean confidence and their accuracy.
 
     Bins are ``[k/n, (k+1)/n)`` with a confidence of exactly 1 in the last one,
-    the convention of torchmetrics, so :meth:`ece` equals its calibration error.
+    the convention of torchmetrics, so :meth:`ece` equals the ``ece`` metric.
     Empty bins hold zeros.
     """
 
@@ -49,17 +49,6 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = N_
     mean_conf = torch.zeros(n_bins).index_add_(0, index, confidence) / safe
     accuracy = torch.zeros(n_bins).index_add_(0, index, correct) / safe
     return ReliabilityBins(edges, counts.long(), mean_conf, accuracy)
-
-
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = N_BINS) -> float:
-    """ECE (L1, equal-width bins) of ``softmax(logits)``, computed by torchmetrics."""
-    probs = logits.float().softmax(dim=1)
-    return float(multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins, norm="l1"))
-
-
-def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean negative log-likelihood of the true class (no label smoothing)."""
-    return float(F.cross_entropy(logits.double(), labels))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:

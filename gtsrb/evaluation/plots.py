@@ -140,12 +140,13 @@ def metrics_summary_figure(before: dict[str, float], after: dict[str, float] | N
     panels = 3 if fgsm else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.0 * panels + 1.5, 4.4), layout="constrained",
                              gridspec_kw={"width_ratios": [2.2, 1.5, 1.4][:panels]})
-    names = ["acc", "top3_acc", "top5_acc", "precision_macro", "recall_macro", "f1_macro",
-             "precision_weighted", "recall_weighted", "f1_weighted"]
+    names = ["acc", "top3", "top5", "precision", "recall", "f1", "precision_weighted", "recall_weighted", "f1_weighted"]
     values = [before[k] for k in names]
     ax = axes[0]
     bars = ax.bar(range(len(names)), values, color=["#1f77b4"] * 3 + ["#2ca02c"] * 3 + ["#9467bd"] * 3)
-    ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+    labels = [n.replace("_", "\n") if "_" in n else n + ("\n(macro)" if n in ("precision", "recall", "f1") else "")
+              for n in names]
+    ax.set_xticks(range(len(names)), labels, fontsize=8)
     ax.set_ylim(0, 1.1)
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v + 0.015, f"{v:.3f}", ha="center", fontsize=8)
@@ -154,8 +155,8 @@ def metrics_summary_figure(before: dict[str, float], after: dict[str, float] | N
     ax.axis("off")
     header = ["", "T = 1", f"T = {temperature:.3f}" if after is not None else "calibrated"]
     cells = [["NLL", f"{before['nll']:.4f}", f"{after['nll']:.4f}" if after else "not fitted"],
-             ["ECE (15 bins)", f"{before['ece_15bins'] * 100:.2f} %",
-              f"{after['ece_15bins'] * 100:.2f} %" if after else "not fitted"],
+             ["ECE (15 bins)", f"{before['ece'] * 100:.2f} %",
+              f"{after['ece'] * 100:.2f} %" if after else "not fitted"],
              ["accuracy", f"{before['acc']:.4f}", f"{after['acc']:.4f}" if after else "-"]]
     table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)

@@ -1,7 +1,8 @@
-"""The numbers of the evaluation report, computed from cached logits with torchmetrics.
+"""The per-class tables of the evaluation report, computed from cached logits with torchmetrics.
 
 Everything here is a pure function of ``(logits, labels)``, so the report,
-its CSV files and its figures always agree with each other.
+its CSV files and its figures always agree with each other. The headline
+metrics are :func:`gtsrb.metrics.compute_metrics`, the ones training logs.
 """
 
 from __future__ import annotations
@@ -13,29 +14,11 @@ from typing import Any
 
 import torch
 from torchmetrics.functional.classification import (
-    multiclass_accuracy,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_precision,
     multiclass_recall,
 )
-
-from gtsrb.evaluation.calibration import N_BINS, expected_calibration_error, nll
-
-
-def summary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy, top-3/top-5, macro and weighted precision/recall/F1, NLL and ECE (15 bins)."""
-    c = logits.shape[1]
-    out = {"acc": float(multiclass_accuracy(logits, labels, c, average="micro"))}
-    for k in (3, 5):
-        out[f"top{k}_acc"] = float(multiclass_accuracy(logits, labels, c, top_k=min(k, c), average="micro"))
-    for average in ("macro", "weighted"):
-        out[f"precision_{average}"] = float(multiclass_precision(logits, labels, c, average=average))
-        out[f"recall_{average}"] = float(multiclass_recall(logits, labels, c, average=average))
-        out[f"f1_{average}"] = float(multiclass_f1_score(logits, labels, c, average=average))
-    out["nll"] = nll(logits, labels)
-    out[f"ece_{N_BINS}bins"] = expected_calibration_error(logits, labels)
-    return out
 
 
 def confusion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

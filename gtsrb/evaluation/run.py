@@ -25,14 +25,15 @@ from gtsrb.data.imageset import ImageSet
 from gtsrb.data.transforms import build_eval_transform
 from gtsrb.errors import UserError
 from gtsrb.evaluation import plots
-from gtsrb.evaluation.calibration import fit_temperature, nll, reliability_bins
+from gtsrb.evaluation.calibration import fit_temperature, reliability_bins
 from gtsrb.evaluation.checkpoint import load_classifier, read_checkpoint, save_calibrated
 from gtsrb.evaluation.inference import collect_logits
 from gtsrb.evaluation.preflight import check_options, pick_device, resolve_checkpoint
-from gtsrb.evaluation.report import confused_pairs, confusion, per_class_rows, summary_metrics, write_csv
+from gtsrb.evaluation.report import confused_pairs, confusion, per_class_rows, write_csv
 from gtsrb.evaluation.robustness import fgsm_accuracy
 from gtsrb.explain.gradcam import GradCAM
 from gtsrb.explain.overlays import overlay_filename, overlay_grid, save_overlay
+from gtsrb.metrics import NegativeLogLikelihood, compute_metrics
 from gtsrb.reporting import flatten, write_json
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         val_labels = datamodule.splits["val"].labels
         temperature = fit_temperature(val_logits, val_labels)
         calibration = {"fitted_on": "val", "temperature": temperature, "val_images": len(val_labels),
-                       "val_nll_before": nll(val_logits, val_labels),
-                       "val_nll_after": nll(val_logits / temperature, val_labels)}
+                       "val_nll_before": float(NegativeLogLikelihood()(val_logits, val_labels)),
+                       "val_nll_after": float(NegativeLogLikelihood()(val_logits / temperature, val_labels))}
         if cfg.split == "val":
             log.warning("the temperature is fitted and evaluated on the val split: "
                         "the calibrated numbers are optimistic")
-    uncalibrated = summary_metrics(logits, labels)
-    calibrated = summary_metrics(logits / temperature, labels) if calibration or temperature != 1.0 else None
+    uncalibrated = compute_metrics(logits, labels)
+    calibrated = compute_metrics(logits / temperature, labels) if calibration or temperature != 1.0 else None
     final_logits = logits / temperature
     matrix = confusion(final_logits, labels)
     rows = per_class_rows(final_logits, labels, names)
@@ -145,7 +146,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "metrics": {"uncalibrated": uncalibrated, "calibrated": calibrated},
         "temperature": temperature,
         "calibration": calibration,
-        "tta_gain": (uncalibrated["acc"] - summary_metrics(plain, labels)["acc"]) if cfg.tta else None,
+        "tta_gain": (uncalibrated["acc"] - compute_metrics(plain, labels)["acc"]) if cfg.tta else None,
         "fgsm": fgsm,
         "artifacts": sorted([*(f"{n}.png" for n in figures), "per_class_report.csv", "confused_pairs.csv",
                              "predictions.csv", "tensorboard/"]),
@@ -237,12 +238,12 @@ def _print_summary(out: Path, report: dict) -> None:
     m = report["metrics"]["uncalibrated"]
     lines = [f"evaluation directory: {out}",
              f"checkpoint: {report['checkpoint']}",
-             f"{report['split']} ({report['num_images']} images): acc={m['acc']:.4f} top5={m['top5_acc']:.4f} "
-             f"f1_macro={m['f1_macro']:.4f} nll={m['nll']:.4f} ece={m['ece_15bins']:.4f}"]
+             f"{report['split']} ({report['num_images']} images): acc={m['acc']:.4f} top5={m['top5']:.4f} "
+             f"f1={m['f1']:.4f} nll={m['nll']:.4f} ece={m['ece']:.4f}"]
     if report["calibration"]:
         c = report["metrics"]["calibrated"] or m
         lines.append(f"temperature {report['temperature']:.4f} (fitted on val): nll {m['nll']:.4f} -> {c['nll']:.4f}, "
-                     f"ece {m['ece_15bins']:.4f} -> {c['ece_15bins']:.4f}")
+                     f"ece {m['ece']:.4f} -> {c['ece']:.4f}")
         lines.append(f"calibrated checkpoint: {report['calibrated_checkpoint']}")
     for row in report["fgsm"] or []:
         lines.append(f"fgsm epsilon={row['epsilon']:.4f}: acc={row['acc']:.4f}")
