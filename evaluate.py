@@ -25,7 +25,8 @@ from gtsrb.errors import UserError
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from gtsrb.evaluation.preflight import check_options, resolve_checkpoint
+    from gtsrb.checkpoint import resolve_checkpoint
+    from gtsrb.evaluation.preflight import check_options
 
     check_options(cfg)  # a wrong option or path fails before the heavy imports
     resolve_checkpoint(cfg.ckpt_path)

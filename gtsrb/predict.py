@@ -3,12 +3,14 @@
 Usage::
 
     uv run python -m gtsrb.predict CHECKPOINT IMAGE_OR_FOLDER [...] [--top-k 5] [--json]
-                                   [--gradcam] [--output DIR] [--expect-classes 43]
+                                   [--gradcam] [--output DIR] [--expect-classes 43] [--roi-csv GT.csv]
 
 CHECKPOINT is a ``.ckpt`` file, a training run directory (its best
 checkpoint) or an ``evaluate.py`` directory (its ``calibrated.ckpt``, whose
-temperature makes the probabilities trustworthy). Images are resized to the
-size the model was trained at. The table goes to stdout (``--json`` prints
+temperature makes the probabilities trustworthy). Images are prepared as in
+training and evaluation (:mod:`gtsrb.inference`): resized to the model's
+size, contrast-normalised with its ``data.preprocess``, and, for a model
+trained on ROI crops, cropped to the sign boxes of ``--roi-csv``. The table goes to stdout (``--json`` prints
 JSON instead); ``--output`` also writes ``predictions.json`` and, with
 ``--gradcam``, one Grad-CAM overlay per image.
 
@@ -29,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
 
 from gtsrb.errors import UserError
 
@@ -64,24 +64,6 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[Path]]:
     return images, skipped
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """uint8 [3, size, size], decoded strictly (a truncated or fake file is an error, not a grey image)."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-        raise UserError(f"cannot read image {path} ({reason}); "
-                        "replace the file with a valid image or remove it") from exc
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
-
-
 def _prepare_output(output: Path | None) -> None:
     if output is not None and output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError(f"output folder {output} already exists and is not empty; give a new --output folder")
@@ -89,12 +71,14 @@ def _prepare_output(output: Path | None) -> None:
 
 def predict(checkpoint: str, inputs: list[str], top_k: int = 5, gradcam: bool = False, method: str = "gradcam",
             target_layer: str | None = None, output: str | None = None, expect_classes: int | None = None,
-            device: str = "auto", batch_size: int = 64) -> dict[str, Any]:
-    """Predict every image; write ``output`` (if given) only after all of them succeeded. Returns the JSON report."""
-    from gtsrb.data.transforms import build_eval_transform
-    from gtsrb.evaluation.checkpoint import load_classifier, read_checkpoint
-    from gtsrb.evaluation.preflight import pick_device, resolve_checkpoint
-    from gtsrb.explain.gradcam import GradCAM
+            device: str = "auto", batch_size: int = 64, roi_csv: str | None = None) -> dict[str, Any]:
+    """Predict every image; write ``output`` (if given) only after all of them succeeded. Returns the JSON report.
+
+    Images go through :class:`gtsrb.inference.Predictor`, the path evaluation takes: the same decoding,
+    ROI crop (with ``roi_csv``, a GTSRB annotation CSV), resize, ``data.preprocess`` and normalisation.
+    """
+    from gtsrb.data.gtsrb import read_rois
+    from gtsrb.inference import Predictor
 
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be 1 or more")
@@ -102,36 +86,21 @@ def predict(checkpoint: str, inputs: list[str], top_k: int = 5, gradcam: bool = 
     if gradcam and out_dir is None:
         raise UserError("--gradcam needs an --output folder for the overlay images")
     _prepare_output(out_dir)
-    ckpt_path = resolve_checkpoint(checkpoint)
-    ckpt = read_checkpoint(ckpt_path)
-    data = (ckpt.get("datamodule_hyper_parameters") or {}).get("data")
-    if not data:
-        raise UserError(f"{ckpt_path} does not record the image size and normalisation it was trained with; "
-                        "pass a checkpoint written by train.py")
-    dev = pick_device(device)
-    model = load_classifier(ckpt_path, ckpt, num_classes=expect_classes, device=dev, expected_by="--expect-classes",
-                            fix=f"use a checkpoint of a {expect_classes}-class model, or drop --expect-classes")
-    names = list(model.class_names)
+    rois = read_rois(roi_csv) if roi_csv else None
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device, batch_size, num_classes=expect_classes, expected_by="--expect-classes",
+        fix=f"use a checkpoint of a {expect_classes}-class model, or drop --expect-classes")
+    names = predictor.class_names
     paths, skipped = find_images(inputs)
-    images = torch.stack([load_image(p, int(data["image_size"])) for p in paths])  # all decoded before any output
-    normalize = build_eval_transform(data["mean"], data["std"])
-
-    probs = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch = normalize(images[start:start + batch_size]).to(dev)
-            probs.append(model.predict_step(batch, 0).float().cpu())
-    probs = torch.cat(probs)
+    images = predictor.load(paths, rois)  # all decoded before any output
+    probs = predictor.probabilities(images)
     k = min(top_k, len(names))
     top_p, top_i = probs.topk(k, dim=1)
-    heatmaps = None
-    if gradcam:
-        cam = GradCAM(model, target_layer, method)
-        heatmaps = torch.cat([cam(normalize(images[s:s + batch_size]).to(dev), top_i[s:s + batch_size, 0]).heatmaps
-                              for s in range(0, len(images), batch_size)])
-    temperature = float(model.temperature)
+    heatmaps = predictor.explain(images, top_i[:, 0], method, target_layer).heatmaps if gradcam else None
+    temperature = predictor.temperature
     report: dict[str, Any] = {
-        "checkpoint": str(ckpt_path), "temperature": temperature, "calibrated": temperature != 1.0, "top_k": k,
+        "checkpoint": str(predictor.checkpoint), "temperature": temperature, "calibrated": temperature != 1.0,
+        "top_k": k,
         "predictions": [{"image": str(p), "top_k": [{"class_id": int(c), "class_name": names[int(c)],
                                                       "probability": round(float(q), 6)}
                                                      for q, c in zip(top_p[i], top_i[i])]}
@@ -198,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-classes", type=int, default=None,
                         help="refuse a checkpoint with another number of classes (e.g. 43 for GTSRB)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--roi-csv", default=None,
+                        help="GTSRB annotation CSV (Filename;Width;Height;Roi.X1;...): crop the images it lists to "
+                             "their sign, as a model trained with data.roi_crop=true expects")
     args = parser.parse_args(argv)
     if args.gradcam and args.output is None:
         args.output = str(Path("outputs") / "predict" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     try:
         report = predict(args.checkpoint, args.inputs, args.top_k, args.gradcam, args.method, args.target_layer,
-                         args.output, args.expect_classes, args.device)
+                         args.output, args.expect_classes, args.device, roi_csv=args.roi_csv)
     except UserError as exc:
         fail(str(exc))
     if report["skipped_files"]:

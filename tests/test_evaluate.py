@@ -184,7 +184,7 @@ def test_bad_options_are_one_line(tmp_path, override, message):
 
 
 def test_tta_reads_a_mirrored_sign_as_its_mirror_twin():
-    from gtsrb.evaluation.inference import _unflip, tta_logits
+    from gtsrb.tta import _unflip, tta_logits
 
     original = torch.tensor([[0.1, 0.2, 0.3]]).log()
     flipped = torch.tensor([[0.5, 0.4, 0.9]]).log()

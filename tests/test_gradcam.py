@@ -15,7 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from gtsrb.cli import CONF_DIR
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
-from gtsrb.explain import GradCAM, GradCamCallback, find_target_layer
+from gtsrb.explain.callback import GradCamCallback
+from gtsrb.explain.gradcam import GradCAM, find_target_layer
 from gtsrb.explain.callback import diverse_indices
 from gtsrb.models import build_model
 from gtsrb.models.simple_cnn import SimpleCNN

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from gtsrb.errors import UserError
-from gtsrb.evaluation.checkpoint import read_checkpoint, save_calibrated
+from gtsrb.checkpoint import read_checkpoint, save_calibrated
 from gtsrb.predict import main, predict
 from test_evaluate import trained_run  # noqa: F401  (session-scoped trained checkpoint)
 
@@ -79,8 +79,8 @@ def _truncated_png(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("unreadable", "cannot read image .*broken.png"),
-    ("fake_png", "cannot read image .*fake.png"),
+    ("unreadable", "cannot decode image .*broken.png"),
+    ("fake_png", "cannot decode image .*fake.png"),
     ("not_an_image", "notes.csv is not an image file"),
     ("empty_folder", "no images in"),
     ("other_classes", "classifies 43 classes, not the 10 of --expect-classes"),

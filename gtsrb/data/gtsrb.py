@@ -162,6 +162,27 @@ def _roi_of(row: dict[str, str], csv_path: Path) -> tuple[tuple[int, int, int, i
     return (x1, y1, x2, y2), (w, h)
 
 
+def read_rois(csv_path: str | os.PathLike) -> dict[str, tuple[tuple[int, int, int, int], tuple[int, int]]]:
+    """File name -> (ROI, original size) from a GTSRB annotation CSV (``Filename;Width;Height;Roi.X1;...``).
+
+    For prediction on files that come with GTSRB's annotations, so that a
+    model trained with ``data.roi_crop=true`` sees its images cropped as in
+    training. Rows without an ROI are left out.
+    """
+    path = Path(csv_path).expanduser()
+    if not path.is_file():
+        raise UserError(f"ROI file {path} does not exist; give a GTSRB annotation CSV (e.g. GT-final_test.csv)")
+    rows = _read_csv(path)
+    if rows and "Filename" not in rows[0]:
+        raise UserError(f"{path} has no Filename column; give a GTSRB annotation CSV (Filename;Width;Height;Roi.X1;...)")
+    rois = {}
+    for row in rows:
+        roi, size = _roi_of(row, path)
+        if roi is not None:
+            rois[row["Filename"]] = (roi, size)
+    return rois
+
+
 def _check_label(label: int, where: str) -> int:
     if not 0 <= label < NUM_GTSRB_CLASSES:
         raise UserError(f"{where}: class id {label} is not a GTSRB class (0..{NUM_GTSRB_CLASSES - 1}); remove it")
@@ -252,15 +273,25 @@ def _crop_box(record: Record, width: int, height: int) -> tuple[float, float, fl
     return left, top, right, bottom
 
 
+def fit_image(img: Image.Image, image_size: int,
+              box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """A decoded image as uint8 [S, S, 3]: RGB, cropped to ``box`` (left, top, right, bottom) if given, resized.
+
+    Every image the project classifies, from a file or from a tensor, is
+    resized here, so training, evaluation, prediction and serving see the
+    same pixels.
+    """
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    if box is None and rgb.size == (image_size, image_size):
+        return np.asarray(rgb)
+    # PIL's bilinear resize widens its kernel when shrinking, i.e. it antialiases.
+    return np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box))
+
+
 def _decode_one(record: Record, image_size: int, roi_crop: bool) -> np.ndarray:
     with Image.open(record.path) as img:
         img.load()  # inside the caller's try: truncation surfaces here, not later
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
-        box = _crop_box(record, *rgb.size) if roi_crop else None
-        if box is None and rgb.size == (image_size, image_size):
-            return np.asarray(rgb)
-        # PIL's bilinear resize widens its kernel when shrinking, i.e. it antialiases.
-        return np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box))
+        return fit_image(img, image_size, _crop_box(record, *img.size) if roi_crop else None)
 
 
 def check_decode_settings(image_size: int, on_corrupt: str) -> None:
@@ -271,21 +302,20 @@ def check_decode_settings(image_size: int, on_corrupt: str) -> None:
         raise UserError(f"data.on_corrupt={on_corrupt!r} is not one of {_ON_CORRUPT}; set data.on_corrupt=error or skip")
 
 
-def decode_record(record: Record, image_size: int, roi_crop: bool = False,
-                  on_corrupt: str = "error") -> np.ndarray | None:
+def decode_record(record: Record, image_size: int, roi_crop: bool = False, on_corrupt: str = "error",
+                  fix: str = "remove the file or set data.on_corrupt=skip") -> np.ndarray | None:
     """One image as uint8 [S, S, 3], or None when it does not decode and ``on_corrupt`` is "skip".
 
-    The one place a file is read, for the in-memory and the lazy path alike: both
-    refuse truncated files and name an unreadable one in the same words.
+    The one place a file is read, for the in-memory and the lazy path and for
+    prediction alike: all refuse truncated files and name an unreadable one in
+    the same words (``fix`` says what to do about it).
     """
     try:
         with _strict_pil():
             return _decode_one(record, image_size, roi_crop)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if on_corrupt == "error":
-            raise UserError(
-                f"cannot decode image {record.path} ({_one_line(exc)}); remove the file or set data.on_corrupt=skip"
-            ) from exc
+            raise UserError(f"cannot decode image {record.path} ({_one_line(exc)}); {fix}") from exc
         logger.warning("skipping unreadable image %s (%s)", record.path, _one_line(exc))
         return None
 
@@ -339,12 +369,13 @@ class RecordDecoder:
     roi_crop: bool = False
     on_corrupt: str = "error"
     preprocess: str = "none"
+    fix: str = "remove the file or set data.on_corrupt=skip"
 
     def __post_init__(self) -> None:
         check_decode_settings(self.image_size, self.on_corrupt)
 
     def __call__(self, record: Record) -> torch.Tensor | None:
-        pixels = decode_record(record, self.image_size, self.roi_crop, self.on_corrupt)
+        pixels = decode_record(record, self.image_size, self.roi_crop, self.on_corrupt, self.fix)
         if pixels is None:
             return None
         image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # a writable copy, [3, S, S]

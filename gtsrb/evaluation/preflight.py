@@ -1,14 +1,10 @@
-"""Checks of ``evaluate.py``'s options and checkpoint path that need no torch.
+"""Checks of ``evaluate.py``'s options that need no torch (the checkpoint path: :mod:`gtsrb.checkpoint`).
 
 They run before the heavy imports (torch, Lightning, matplotlib), so a typo
 in a path or an option fails within a second, with one line.
 """
 
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,48 +29,3 @@ def check_options(cfg: DictConfig) -> None:
         raise UserError("gallery_size, top_confused and tta_shift must be 0 or more")
     if cfg.device != "auto" and cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         raise UserError(f"device={cfg.device} is not one of auto, cpu, cuda; use device=auto")
-
-
-def pick_device(name: str):
-    """``auto``: the GPU when there is one."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"device={name} is not one of auto, cpu, cuda; use device=auto")
-    return torch.device(name)
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``.ckpt`` file as given, or the checkpoint a run directory stands for.
-
-    An evaluation directory stands for its ``calibrated.ckpt``. In a training
-    run directory, ``metrics.json`` names the best checkpoint; without it (a
-    run that was interrupted) the newest ``checkpoints/best-*.ckpt``.
-    """
-    given = Path(path).expanduser()
-    if given.is_file():
-        return given
-    if not given.exists():
-        raise UserError(f"checkpoint {given} does not exist; pass ckpt_path=<run directory> or "
-                        "ckpt_path=<run>/checkpoints/<file>.ckpt")
-    if (given / "calibrated.ckpt").is_file():
-        return given / "calibrated.ckpt"
-    metrics = given / "metrics.json"
-    if metrics.is_file():
-        try:
-            best = json.loads(metrics.read_text()).get("best_checkpoint") or ""
-        except (json.JSONDecodeError, AttributeError):
-            best = ""
-        if best and Path(best).is_file():
-            return Path(best)
-        if best and (given / "checkpoints" / Path(best).name).is_file():  # the run directory was moved
-            return given / "checkpoints" / Path(best).name
-    candidates = sorted((given / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if candidates:
-        return candidates[-1]
-    raise UserError(f"{given} holds no best checkpoint (checkpoints/best-*.ckpt); pass the .ckpt file itself, "
-                    "e.g. ckpt_path=<run>/checkpoints/last.ckpt")

@@ -14,30 +14,26 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from gtsrb.data.imageset import ImageSet
 from gtsrb.explain.gradcam import untouched
+from gtsrb.inference import Predictor
 
 
-def fgsm_accuracy(model: nn.Module, data: ImageSet, epsilons: Sequence[float], mean: Sequence[float],
-                  std: Sequence[float], batch_size: int = 256, device: str | torch.device = "cpu") -> list[dict]:
+def fgsm_accuracy(predictor: Predictor, data: ImageSet, epsilons: Sequence[float]) -> list[dict]:
     """Accuracy on ``data`` after an FGSM step of each size in ``epsilons`` (0 = clean accuracy)."""
-    mean_t = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(list(std), device=device).view(1, 3, 1, 1)
     correct = torch.zeros(len(epsilons))
-    with untouched(model):
-        for start in range(0, len(data), batch_size):
-            pixels = (data.images[start:start + batch_size].float() / 255).to(device)
-            labels = data.labels[start:start + batch_size].to(device)
+    with untouched(predictor.model):
+        for index, pixels in predictor.batches(data.images, normalized=False):
+            labels = data.labels[index].to(pixels.device)
             with torch.enable_grad():
                 x = pixels.clone().requires_grad_(True)
-                loss = F.cross_entropy(model((x - mean_t) / std_t), labels)
+                loss = F.cross_entropy(predictor.logits_of_pixels(x), labels)
                 (grad,) = torch.autograd.grad(loss, x)  # w.r.t. the input only: no parameter .grad
             with torch.no_grad():
                 for k, eps in enumerate(epsilons):
                     adversarial = (pixels + eps * grad.sign()).clamp(0, 1)
-                    predicted = model((adversarial - mean_t) / std_t).argmax(dim=1)
+                    predicted = predictor.logits_of_pixels(adversarial).argmax(dim=1)
                     correct[k] += (predicted == labels).sum().item()
     total = max(len(data), 1)
     return [{"epsilon": float(eps), "acc": float(correct[k] / total)} for k, eps in enumerate(epsilons)]

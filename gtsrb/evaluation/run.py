@@ -19,20 +19,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from gtsrb.checkpoint import load_classifier, read_checkpoint, resolve_checkpoint, save_calibrated
 from gtsrb.classes import class_name
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.data.imageset import ImageSet
-from gtsrb.data.transforms import build_eval_transform
 from gtsrb.errors import UserError
 from gtsrb.evaluation import plots
 from gtsrb.evaluation.calibration import fit_temperature, reliability_bins
-from gtsrb.evaluation.checkpoint import load_classifier, read_checkpoint, save_calibrated
-from gtsrb.evaluation.inference import collect_logits
-from gtsrb.evaluation.preflight import check_options, pick_device, resolve_checkpoint
+from gtsrb.evaluation.preflight import check_options
 from gtsrb.evaluation.report import confused_pairs, confusion, per_class_rows, write_csv
 from gtsrb.evaluation.robustness import fgsm_accuracy
-from gtsrb.explain.gradcam import GradCAM
 from gtsrb.explain.overlays import overlay_filename, overlay_grid, save_overlay
+from gtsrb.inference import InputSpec, Predictor, pick_device
 from gtsrb.metrics import NegativeLogLikelihood, compute_metrics
 from gtsrb.reporting import flatten, write_json
 
@@ -69,12 +67,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if names != datamodule.class_names:
         log.warning("the checkpoint's class names differ from the data's; the report uses the checkpoint's")
     dm = datamodule.cfg
+    predictor = Predictor(model, InputSpec.of(dm), dm.batch_size, device, ckpt_path)
     data = datamodule.splits[cfg.split]
     flip_map, mirror = _mirror_policy(datamodule)
 
     def logits_of(split_data: ImageSet, tta: bool) -> torch.Tensor:
-        return collect_logits(model, split_data, dm.mean, dm.std, dm.batch_size, device, tta=tta,
-                              flip_map=flip_map, tta_shift=cfg.tta_shift, mirror=mirror)
+        return predictor.logits(split_data.images, tta=tta, flip_map=flip_map, tta_shift=cfg.tta_shift, mirror=mirror)
 
     plain = logits_of(data, tta=False)
     logits = logits_of(data, tta=True) if cfg.tta else plain
@@ -99,9 +97,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     matrix = confusion(final_logits, labels)
     rows = per_class_rows(final_logits, labels, names)
     pairs = confused_pairs(matrix, names, cfg.top_confused)
-    fgsm = fgsm_accuracy(model, data, [0.0, *cfg.fgsm_epsilons], dm.mean, dm.std, dm.batch_size, device) \
-        if len(cfg.fgsm_epsilons) else None
-    gallery = _misclassified_gallery(cfg, model, data, final_logits, names, dm)
+    fgsm = fgsm_accuracy(predictor, data, [0.0, *cfg.fgsm_epsilons]) if len(cfg.fgsm_epsilons) else None
+    gallery = _misclassified_gallery(cfg, predictor, data, final_logits, names)
 
     what = f"{cfg.split} split, {len(labels)} images"
     figures = {
@@ -170,7 +167,8 @@ def _mirror_policy(datamodule: TrafficSignDataModule) -> tuple[list[int] | None,
     return None, False
 
 
-def _misclassified_gallery(cfg, model, data: ImageSet, logits: torch.Tensor, names: list[str], dm) -> dict | None:
+def _misclassified_gallery(cfg, predictor: Predictor, data: ImageSet, logits: torch.Tensor,
+                           names: list[str]) -> dict | None:
     """The most confident mistakes with Grad-CAM overlays of the predicted class."""
     if cfg.gallery_size == 0:
         return None
@@ -182,8 +180,8 @@ def _misclassified_gallery(cfg, model, data: ImageSet, logits: torch.Tensor, nam
     confs = [float(confidence[i]) for i in order]
     heatmaps = None
     if order:
-        images = build_eval_transform(dm.mean, dm.std)(data.images[order]).to(model.device)
-        heatmaps = GradCAM(model, cfg.target_layer, cfg.gradcam_method)(images, predicted[order]).heatmaps
+        heatmaps = predictor.explain(data.images[order], predicted[order], cfg.gradcam_method,
+                                     cfg.target_layer).heatmaps
     figure = overlay_grid(data.images[order], heatmaps, pred_names, confs, true_names,
                           title=f"Misclassified {cfg.split} images, most confident first "
                                 f"({len(wrong)} in all; Grad-CAM of the predicted class)" if order

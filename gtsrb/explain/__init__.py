@@ -1,6 +1,2 @@
-"""Explainability: Grad-CAM heat maps, their overlays, and the training callback that dumps them."""
-
-from gtsrb.explain.callback import GradCamCallback
-from gtsrb.explain.gradcam import GradCAM, find_target_layer
-
-__all__ = ["GradCAM", "GradCamCallback", "find_target_layer"]
+"""Explainability: Grad-CAM heat maps (``gradcam``), their overlays (``overlays``), and the training callback
+that dumps them (``callback``, which classifies through :mod:`gtsrb.inference`)."""

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gtsrb.classes import class_name
-from gtsrb.data.transforms import build_eval_transform
-from gtsrb.explain.gradcam import GradCAM, untouched
+from gtsrb.explain.gradcam import find_target_layer
 from gtsrb.explain.overlays import overlay_filename, overlay_grid, save_overlay
+from gtsrb.inference import InputSpec, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,11 @@ class GradCamCallback(L.Callback):
             if val is None:
                 log.warning("Grad-CAM callback: no validation images in the datamodule; nothing to explain")
             return None
-        normalize = build_eval_transform(datamodule.cfg.mean, datamodule.cfg.std)
-        device = pl_module.device
-        chosen = self._choose(pl_module, val, normalize, device)
-        cam = GradCAM(pl_module, self.target_layer, self.method)
-        explained = cam(normalize(val.images[chosen]).to(device))
-        probs = (explained.logits / pl_module.temperature.float().cpu()).softmax(dim=1)
+        # the module as it is now, in the middle of training: the predictor puts back its modes and the RNG
+        predictor = Predictor(pl_module, InputSpec.of(datamodule.cfg), self.batch_size, pl_module.device)
+        chosen = self._choose(predictor, val)
+        explained = predictor.explain(val.images[chosen], None, self.method, self.target_layer)
+        probs = (explained.logits / predictor.temperature).softmax(dim=1)
         confidence, predicted = probs.max(dim=1)
         names = pl_module.class_names
         true_names = [class_name(int(val.labels[i]), names) for i in chosen]
@@ -97,7 +96,8 @@ class GradCamCallback(L.Callback):
                          val.images[i], explained.heatmaps[k])
         wrong = sum(t != p for t, p in zip(true_names, pred_names))
         fig = overlay_grid(val.images[chosen], explained.heatmaps, pred_names, confidence.tolist(), true_names,
-                           title=f"Grad-CAM{'++' if self.method == 'gradcam++' else ''} ({cam.layer_name}), "
+                           title=f"Grad-CAM{'++' if self.method == 'gradcam++' else ''} "
+                                 f"({find_target_layer(pl_module, self.target_layer)[0]}), "
                                  f"epoch {epoch}: {len(chosen) - wrong} right, {wrong} wrong")
         fig.savefig(folder / "grid.png", dpi=110)
         for logger in trainer.loggers:
@@ -106,16 +106,13 @@ class GradCamCallback(L.Callback):
         plt.close(fig)
         return folder
 
-    def _choose(self, pl_module, val, normalize, device) -> list[int]:
+    def _choose(self, predictor: Predictor, val) -> list[int]:
         """The fixed class-diverse images, plus this epoch's most confident mistakes among the others."""
         if self._fixed is None:
             self._fixed = diverse_indices(val.labels, self.num_images)
         if self.num_misclassified <= 0:
             return list(self._fixed)
-        with untouched(pl_module), torch.no_grad():
-            logits = torch.cat([pl_module(normalize(val.images[s:s + self.batch_size]).to(device)).float().cpu()
-                                for s in range(0, len(val), self.batch_size)])
-        confidence, predicted = logits.softmax(dim=1).max(dim=1)
+        confidence, predicted = predictor.logits(val.images).softmax(dim=1).max(dim=1)
         wrong = (predicted != val.labels).nonzero().flatten().tolist()
         fixed = set(self._fixed)
         extra = sorted((i for i in wrong if i not in fixed), key=lambda i: -float(confidence[i]))

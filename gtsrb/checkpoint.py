@@ -1,27 +1,69 @@
 """Find, check and load the checkpoints that ``train.py`` writes; save a calibrated copy.
 
-Every mistake a user can make here (a wrong path, a run directory without a
-best checkpoint, a file that is no checkpoint, a checkpoint of another model
-or another number of classes) ends in a one-line :class:`UserError`, never
-in a traceback from deep inside ``torch.load``.
+Used by every command that starts from a trained model: evaluation,
+prediction (:mod:`gtsrb.inference`), export and serving. Every mistake a user
+can make here (a wrong path, a run directory without a best checkpoint, a
+file that is no checkpoint, a checkpoint of another model or another number
+of classes) ends in a one-line :class:`UserError`, never in a traceback from
+deep inside ``torch.load``.
+
+torch is imported inside the functions that need it, so that the command
+line can resolve a path (and fail on a wrong one) within a second.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gtsrb.errors import UserError
-from gtsrb.module import TrafficSignClassifier
+
+if TYPE_CHECKING:
+    import torch
+
+    from gtsrb.module import TrafficSignClassifier
 
 _REQUIRED_HPARAMS = ("model", "optimizer", "scheduler", "class_names")
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A ``.ckpt`` file as given, or the checkpoint a run directory stands for.
+
+    An evaluation directory stands for its ``calibrated.ckpt``. In a training
+    run directory, ``metrics.json`` names the best checkpoint; without it (a
+    run that was interrupted) the newest ``checkpoints/best-*.ckpt``.
+    """
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    if not given.exists():
+        raise UserError(f"checkpoint {given} does not exist; pass ckpt_path=<run directory> or "
+                        "ckpt_path=<run>/checkpoints/<file>.ckpt")
+    if (given / "calibrated.ckpt").is_file():
+        return given / "calibrated.ckpt"
+    metrics = given / "metrics.json"
+    if metrics.is_file():
+        try:
+            best = json.loads(metrics.read_text()).get("best_checkpoint") or ""
+        except (json.JSONDecodeError, AttributeError):
+            best = ""
+        if best and Path(best).is_file():
+            return Path(best)
+        if best and (given / "checkpoints" / Path(best).name).is_file():  # the run directory was moved
+            return given / "checkpoints" / Path(best).name
+    candidates = sorted((given / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if candidates:
+        return candidates[-1]
+    raise UserError(f"{given} holds no best checkpoint (checkpoints/best-*.ckpt); pass the .ckpt file itself, "
+                    "e.g. ckpt_path=<run>/checkpoints/last.ckpt")
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dictionary, checked to be one of :class:`TrafficSignClassifier`."""
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and I/O errors come in many types
@@ -38,7 +80,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def load_classifier(path: Path, ckpt: dict[str, Any] | None = None, model_overrides: dict | None = None,
                     num_classes: int | None = None, device: str | torch.device = "cpu", expected_by: str = "the data",
                     fix: str = "use a checkpoint trained on these classes, or the data it was trained on",
-                    ) -> TrafficSignClassifier:
+                    ) -> "TrafficSignClassifier":
     """Rebuild the model from its saved hyperparameters and load the weights, in eval mode.
 
     The network is built without pretrained weights (the checkpoint holds the
@@ -47,6 +89,10 @@ def load_classifier(path: Path, ckpt: dict[str, Any] | None = None, model_overri
     (``expected_by`` says who, ``fix`` what to do); a checkpoint with another
     number is refused.
     """
+    import torch
+
+    from gtsrb.module import TrafficSignClassifier
+
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     hparams = dict(ckpt["hyper_parameters"])
     model_cfg = {**hparams["model"], **(model_overrides or {}), "pretrained": False, "weights": None}
@@ -71,7 +117,7 @@ def load_classifier(path: Path, ckpt: dict[str, Any] | None = None, model_overri
     return module.to(device).eval()
 
 
-def _head_size(state_dict: dict[str, torch.Tensor]) -> int | None:
+def _head_size(state_dict: dict[str, "torch.Tensor"]) -> int | None:
     """Output size of the last 2-D weight of the network (the classifier), or None if there is none."""
     weights = [v for k, v in state_dict.items() if k.startswith("model.") and k.endswith("weight") and v.ndim == 2]
     return int(weights[-1].shape[0]) if weights else None
@@ -83,6 +129,8 @@ def save_calibrated(ckpt: dict[str, Any], temperature: float, dest: Path, info: 
     Loading it (``TrafficSignClassifier.load_from_checkpoint`` or
     :func:`load_classifier`) gives calibrated probabilities in ``predict_step``.
     """
+    import torch
+
     calibrated = dict(ckpt)
     calibrated["state_dict"] = {**ckpt["state_dict"], "temperature": torch.tensor(float(temperature))}
     calibrated["calibration"] = info

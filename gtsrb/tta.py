@@ -1,4 +1,4 @@
-"""Logits for a whole split, optionally with label-safe test-time augmentation (TTA).
+"""Label-safe test-time augmentation (TTA): the views of a batch and their averaged scores.
 
 TTA averages the model's log-probabilities over a few views of each image:
 small shifts (translation is part of the training augmentation) and a mirror
@@ -6,7 +6,8 @@ image where a mirror keeps the sign's meaning. As in training
 (:func:`gtsrb.classes.gtsrb_hflip_map`), a mirrored "turn left" is
 read as evidence for "turn right": the flipped view's scores are mapped back
 through the flip map, and classes whose mirror image is no sign take their
-score from the unflipped view.
+score from the unflipped view. :meth:`gtsrb.inference.Predictor.logits` runs
+it batch by batch with ``tta=True``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from gtsrb.data.imageset import ImageSet
-from gtsrb.data.transforms import build_eval_transform
 
 
 def _shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -51,18 +49,3 @@ def tta_logits(model: nn.Module, images: torch.Tensor, flip_map: Sequence[int] |
     if mirror:
         views.append(_unflip(model(images.flip(-1)).float().log_softmax(dim=1), views[0], flip_map))
     return torch.stack(views).mean(dim=0)
-
-
-@torch.no_grad()
-def collect_logits(model: nn.Module, data: ImageSet, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int = 256, device: str | torch.device = "cpu", tta: bool = False,
-                   flip_map: Sequence[int] | None = None, tta_shift: int = 2, mirror: bool = True) -> torch.Tensor:
-    """Uncalibrated logits [N, C] of every image of ``data``, in order (model in eval mode)."""
-    normalize = build_eval_transform(mean, std)
-    model.eval()
-    out = []
-    for start in range(0, len(data), batch_size):
-        images = normalize(data.images[start:start + batch_size]).to(device)
-        logits = tta_logits(model, images, flip_map, tta_shift, mirror) if tta else model(images).float()
-        out.append(logits.cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)

@@ -1,0 +1,195 @@
+"""One inference path: image files or uint8 tensors in, calibrated class probabilities out.
+
+A :class:`Predictor` classifies images exactly as the model saw them in
+training: strict decoding (a truncated file is an error, not a grey image),
+the ROI crop when the model was trained on crops, the resize, the contrast
+normalisation of ``data.preprocess``, the mean/std normalisation, the network
+and its fitted softmax temperature. Evaluation, prediction, Grad-CAM (during
+training and after), FGSM and export all go through it, so none of them can
+forget a step: an earlier prediction command that skipped ``data.preprocess``
+scored 97.0% where evaluation of the same checkpoint on the same files
+scored 98.8%.
+
+Two kinds of input:
+
+* raw images (:meth:`Predictor.load` for files, :meth:`Predictor.prepare`
+  for uint8 tensors of any size) become *prepared* images: uint8
+  [N, 3, S, S], decoded, cropped, resized and preprocessed, as the data
+  module keeps them;
+* prepared images (a data split's ``images``, or the result of the above)
+  go through the network in batches (:meth:`Predictor.logits`,
+  :meth:`Predictor.probabilities`, :meth:`Predictor.explain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gtsrb.checkpoint import load_classifier, read_checkpoint, resolve_checkpoint
+from gtsrb.data.batch_augment import normalize, to_float
+from gtsrb.data.gtsrb import Record, RecordDecoder, fit_image
+from gtsrb.data.preprocess import preprocess_images
+from gtsrb.errors import UserError
+from gtsrb.explain.gradcam import Explanation, GradCAM, untouched
+from gtsrb.module import TrafficSignClassifier
+from gtsrb.tta import tta_logits
+
+Roi = tuple[tuple[int, int, int, int], tuple[int, int]]  # (x1, y1, x2, y2) drawn on an image of (width, height)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"device={name} is not one of auto, cpu, cuda; use device=auto")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes the network's input: the ``data.*`` settings the model was trained with."""
+
+    image_size: int
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    preprocess: str = "none"
+    roi_crop: bool = False
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> "InputSpec":
+        """From a data config (``conf/data``, or what a checkpoint recorded of it)."""
+        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]),
+                   data.get("preprocess") or "none", bool(data.get("roi_crop", False)))
+
+
+class Predictor:
+    """A classifier with its input pipeline: see the module docstring.
+
+    ``model`` may be a module in the middle of training (the Grad-CAM
+    callback): it is switched to eval mode only while it classifies, and
+    every module's mode and the RNG state are put back afterwards.
+    """
+
+    def __init__(self, model: TrafficSignClassifier, spec: InputSpec, batch_size: int = 256,
+                 device: torch.device | str | None = None, checkpoint: Path | None = None) -> None:
+        self.model, self.spec, self.batch_size, self.checkpoint = model, spec, batch_size, checkpoint
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 256,
+                        data_overrides: Mapping[str, Any] | None = None, model_overrides: Mapping[str, Any] | None = None,
+                        num_classes: int | None = None, expected_by: str = "the data",
+                        fix: str = "use a checkpoint trained on these classes, or the data it was trained on",
+                        ) -> "Predictor":
+        """Everything from the checkpoint alone: weights, temperature, class names and ``data.*`` settings.
+
+        ``path`` is a ``.ckpt`` file, a training run directory or an
+        evaluation directory (:func:`gtsrb.checkpoint.resolve_checkpoint`);
+        ``data_overrides`` replace recorded ``data.*`` values.
+        """
+        ckpt_path = resolve_checkpoint(path)
+        ckpt = read_checkpoint(ckpt_path)
+        data = dict((ckpt.get("datamodule_hyper_parameters") or {}).get("data") or {})
+        data.update({k: v for k, v in (data_overrides or {}).items() if v is not None})
+        if not all(k in data for k in ("image_size", "mean", "std")):
+            raise UserError(f"{ckpt_path} does not record the image size and normalisation it was trained with; "
+                            "pass a checkpoint written by train.py")
+        dev = pick_device(device)
+        model = load_classifier(ckpt_path, ckpt, dict(model_overrides or {}), num_classes=num_classes, device=dev,
+                                expected_by=expected_by, fix=fix)
+        return cls(model, InputSpec.of(data), batch_size, dev, ckpt_path)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.class_names)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.model.temperature)
+
+    # ------------------------------------------------------------------ raw images -> prepared images
+
+    def load(self, paths: Sequence[str | Path], rois: Mapping[str, Roi] | None = None) -> torch.Tensor:
+        """Image files -> prepared uint8 [N, 3, S, S], decoded strictly; the first unreadable file is a UserError.
+
+        ``rois`` maps a file name to its annotated sign box (GTSRB's CSVs,
+        :func:`gtsrb.data.gtsrb.read_rois`); a model trained with
+        ``data.roi_crop=true`` sees those files cropped to it.
+        """
+        decode = RecordDecoder(self.spec.image_size, self.spec.roi_crop, "error", self.spec.preprocess,
+                               fix="replace the file with a valid image or remove it")
+        size = self.spec.image_size
+        out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+        for i, path in enumerate(paths):
+            roi, original = (rois or {}).get(Path(path).name, (None, None))
+            out[i] = decode(Record(Path(path), -1, -1, roi, original))
+        return out
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw uint8 images [N, 3, H, W] (or one [3, H, W]), any size -> prepared, as :meth:`load` would make them.
+
+        Resized through the same PIL call as files, so a tensor and the file
+        it came from give the same pixels.
+        """
+        if images.ndim == 3:
+            images = images[None]
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise UserError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        size = self.spec.image_size
+        if images.shape[-2:] != (size, size):
+            resized = [fit_image(Image.fromarray(image.permute(1, 2, 0).numpy()), size) for image in images.cpu()]
+            images = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
+        return preprocess_images(images, self.spec.preprocess)
+
+    # ------------------------------------------------------------------ prepared images -> the network
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Prepared uint8 images -> the network's float input, on the predictor's device."""
+        return normalize(to_float(images.to(self.device)), self.spec.mean, self.spec.std)
+
+    def batches(self, images, normalized: bool = True) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(which images, their batch on the device) over prepared ``images`` (a tensor or a data split's
+        ``images``): normalised network input, or with ``normalized=False`` float pixels in [0, 1]."""
+        for start in range(0, len(images), self.batch_size):
+            index = slice(start, min(start + self.batch_size, len(images)))
+            pixels = to_float(images[index].to(self.device))
+            yield index, normalize(pixels, self.spec.mean, self.spec.std) if normalized else pixels
+
+    def logits_of_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits of float pixels in [0, 1], differentiable w.r.t. the pixels (for attacks)."""
+        return self.model(normalize(pixels, self.spec.mean, self.spec.std))
+
+    @torch.no_grad()
+    def logits(self, images, tta: bool = False, flip_map: Sequence[int] | None = None, tta_shift: int = 2,
+               mirror: bool = True) -> torch.Tensor:
+        """Uncalibrated logits [N, C] (CPU, float32) of prepared images; ``tta`` averages the views of
+        :func:`gtsrb.tta.tta_logits` (label-safe mirroring through ``flip_map``, ``tta_shift`` px shifts)."""
+        out = []
+        with untouched(self.model):
+            for _, batch in self.batches(images):
+                logits = tta_logits(self.model, batch, flip_map, tta_shift, mirror) if tta else self.model(batch)
+                out.append(logits.float().cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def probabilities(self, images, **tta) -> torch.Tensor:
+        """Calibrated class probabilities [N, C]: softmax of the logits divided by the fitted temperature."""
+        return (self.logits(images, **tta) / self.temperature).softmax(dim=1)
+
+    def predict_files(self, paths: Sequence[str | Path], rois: Mapping[str, Roi] | None = None) -> torch.Tensor:
+        """Calibrated probabilities [N, C] of image files."""
+        return self.probabilities(self.load(paths, rois))
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor | None = None, method: str = "gradcam",
+                target_layer: str | None = None) -> Explanation:
+        """Grad-CAM (or Grad-CAM++) maps of prepared images for ``classes`` (default: the predicted ones)."""
+        return GradCAM(self.model, target_layer, method, self.batch_size)(self.normalize(images), classes)
