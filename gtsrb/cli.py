@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gtsrb.config import register_configs, validate
@@ -79,6 +80,12 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
         raise UserError(f"bad override: {_one_line(exc)}") from exc
     if config_name == "train":
         validate(cfg)
+    if config_name in ("evaluate", "export"):  # the checkpoint must be there before anything starts
+        from gtsrb.checkpoint import resolve_checkpoint
+
+        if OmegaConf.is_missing(cfg, "ckpt_path"):
+            raise UserError("no checkpoint given; pass ckpt_path=<training run directory> or ckpt_path=<file>.ckpt")
+        resolve_checkpoint(cfg.ckpt_path)
 
 
 def report_user_errors(task):

@@ -259,3 +259,20 @@ class EvaluateConfig:
 def register_evaluate_config() -> None:
     """Make the schema available to ``conf/evaluate.yaml`` as ``evaluate_schema``."""
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+# --------------------------------------------------------------------------- python -m gtsrb.export
+
+
+@dataclass
+class ExportConfig:
+    ckpt_path: str = "???"  # a .ckpt file, a training run directory (its best checkpoint) or an evaluation directory
+    output_dir: str = "."  # model.onnx goes here
+    opset: Optional[int] = None  # ONNX opset; null = the exporter's default
+    verify: bool = True  # run ONNX Runtime against PyTorch once after writing
+    verify_images: int = 64  # random images for that check
+
+
+def register_export_config() -> None:
+    """Make the schema available to ``conf/export.yaml`` as ``export_schema``."""
+    ConfigStore.instance().store(name="export_schema", node=ExportConfig)

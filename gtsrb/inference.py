@@ -72,6 +72,42 @@ class InputSpec:
                    data.get("preprocess") or "none", bool(data.get("roi_crop", False)))
 
 
+def load_images(spec: InputSpec, paths: Sequence[str | Path], rois: Mapping[str, Roi] | None = None) -> torch.Tensor:
+    """Image files -> prepared uint8 [N, 3, S, S], decoded strictly; the first unreadable file is a UserError.
+
+    ``rois`` maps a file name to its annotated sign box (GTSRB's CSVs,
+    :func:`gtsrb.data.gtsrb.read_rois`); a model trained with
+    ``data.roi_crop=true`` sees those files cropped to it.
+    """
+    decode = RecordDecoder(spec.image_size, spec.roi_crop, "error", spec.preprocess,
+                           fix="replace the file with a valid image or remove it")
+    out = torch.empty((len(paths), 3, spec.image_size, spec.image_size), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        roi, original = (rois or {}).get(Path(path).name, (None, None))
+        out[i] = decode(Record(Path(path), -1, -1, roi, original))
+    return out
+
+
+def prepare_images(spec: InputSpec, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:
+    """Raw images -> prepared uint8 [N, 3, S, S], as :func:`load_images` makes them from files.
+
+    ``images``: uint8 [N, 3, H, W] (or one [3, H, W]) of any size, or decoded
+    PIL images. Resized through the same PIL call as files, so a tensor and
+    the file it came from give the same pixels.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            images = images[None]
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise UserError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        if images.shape[-2:] == (spec.image_size, spec.image_size):
+            return preprocess_images(images, spec.preprocess)
+        images = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images.cpu()]
+    resized = np.stack([fit_image(image, spec.image_size) for image in images]) if len(images) else \
+        np.empty((0, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    return preprocess_images(torch.from_numpy(resized).permute(0, 3, 1, 2).contiguous(), spec.preprocess)
+
+
 class Predictor:
     """A classifier with its input pipeline: see the module docstring.
 
@@ -117,39 +153,17 @@ class Predictor:
     def temperature(self) -> float:
         return float(self.model.temperature)
 
+    @property
+    def model_name(self) -> str:
+        return str(self.model.hparams.model["name"])
+
     # ------------------------------------------------------------------ raw images -> prepared images
 
     def load(self, paths: Sequence[str | Path], rois: Mapping[str, Roi] | None = None) -> torch.Tensor:
-        """Image files -> prepared uint8 [N, 3, S, S], decoded strictly; the first unreadable file is a UserError.
-
-        ``rois`` maps a file name to its annotated sign box (GTSRB's CSVs,
-        :func:`gtsrb.data.gtsrb.read_rois`); a model trained with
-        ``data.roi_crop=true`` sees those files cropped to it.
-        """
-        decode = RecordDecoder(self.spec.image_size, self.spec.roi_crop, "error", self.spec.preprocess,
-                               fix="replace the file with a valid image or remove it")
-        size = self.spec.image_size
-        out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-        for i, path in enumerate(paths):
-            roi, original = (rois or {}).get(Path(path).name, (None, None))
-            out[i] = decode(Record(Path(path), -1, -1, roi, original))
-        return out
+        return load_images(self.spec, paths, rois)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw uint8 images [N, 3, H, W] (or one [3, H, W]), any size -> prepared, as :meth:`load` would make them.
-
-        Resized through the same PIL call as files, so a tensor and the file
-        it came from give the same pixels.
-        """
-        if images.ndim == 3:
-            images = images[None]
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise UserError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        size = self.spec.image_size
-        if images.shape[-2:] != (size, size):
-            resized = [fit_image(Image.fromarray(image.permute(1, 2, 0).numpy()), size) for image in images.cpu()]
-            images = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
-        return preprocess_images(images, self.spec.preprocess)
+        return prepare_images(self.spec, images)
 
     # ------------------------------------------------------------------ prepared images -> the network
 
@@ -193,3 +207,68 @@ class Predictor:
                 target_layer: str | None = None) -> Explanation:
         """Grad-CAM (or Grad-CAM++) maps of prepared images for ``classes`` (default: the predicted ones)."""
         return GradCAM(self.model, target_layer, method, self.batch_size)(self.normalize(images), classes)
+
+
+# ---------------------------------------------------------------------- the exported model
+
+ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"  # the names gtsrb.export gives the graph's ends
+
+
+class OnnxPredictor:
+    """A ``model.onnx`` written by :mod:`gtsrb.export`, behind the part of :class:`Predictor`'s interface that
+    needs no gradients: images are prepared from its metadata exactly as for the checkpoint, and ONNX
+    Runtime computes the calibrated probabilities (Grad-CAM needs the PyTorch checkpoint)."""
+
+    def __init__(self, path: str | Path, batch_size: int = 256, threads: int | None = None) -> None:
+        import json
+
+        import onnxruntime as ort
+
+        self.checkpoint = Path(path).expanduser()
+        if not self.checkpoint.is_file():
+            raise UserError(f"ONNX model {self.checkpoint} does not exist; export one with "
+                            "uv run python -m gtsrb.export ckpt_path=<run>")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        try:
+            self.session = ort.InferenceSession(str(self.checkpoint), options, providers=["CPUExecutionProvider"])
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.spec = InputSpec(int(meta["image_size"]), tuple(json.loads(meta["mean"])),
+                                  tuple(json.loads(meta["std"])), meta["preprocess"], json.loads(meta["roi_crop"]))
+            self.class_names = list(json.loads(meta["class_names"]))
+            self.temperature = float(meta["temperature"])
+            self.model_name = meta.get("model_name", self.checkpoint.stem)
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{self.checkpoint} lacks this project's metadata ({exc}); export it with "
+                            "uv run python -m gtsrb.export") from exc
+        except Exception as exc:  # onnxruntime's own errors for a file that is no ONNX model
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise UserError(f"cannot load ONNX model {self.checkpoint} ({reason}); export it again with "
+                            "uv run python -m gtsrb.export") from exc
+        self.batch_size = batch_size
+
+    def load(self, paths: Sequence[str | Path], rois: Mapping[str, Roi] | None = None) -> torch.Tensor:
+        return load_images(self.spec, paths, rois)
+
+    def prepare(self, images) -> torch.Tensor:
+        return prepare_images(self.spec, images)
+
+    def probabilities(self, images) -> torch.Tensor:
+        """Calibrated class probabilities [N, C] of prepared images (the temperature is inside the graph)."""
+        out = [torch.from_numpy(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: images[s:s + self.batch_size].numpy()})[0])
+               for s in range(0, len(images), self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def explain(self, *args, **kwargs):
+        raise UserError("Grad-CAM needs gradients, which an ONNX model does not give; serve the PyTorch checkpoint "
+                        "(model=<run dir or .ckpt>) for Grad-CAM overlays")
+
+
+def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 256) -> Predictor | OnnxPredictor:
+    """A ``.onnx`` file as an :class:`OnnxPredictor`; anything else (run directory, ``.ckpt``, evaluation
+    directory) as a :class:`Predictor` from its checkpoint."""
+    if str(path).endswith(".onnx"):
+        return OnnxPredictor(path, batch_size)
+    return Predictor.from_checkpoint(path, device, batch_size)

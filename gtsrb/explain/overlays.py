@@ -41,12 +41,16 @@ def overlay_filename(index: int, true_name: str | None, pred_name: str, confiden
     return f"{index:02d}{true}_pred-{slug(pred_name)}_conf{confidence:.2f}.png"
 
 
-def save_overlay(path: Path, image: torch.Tensor, heatmap: torch.Tensor, min_size: int = 192) -> None:
+def overlay_pair(image: torch.Tensor, heatmap: torch.Tensor, min_size: int = 192) -> Image.Image:
     """The image and its overlay side by side, enlarged so a 32 px sign is still visible."""
     pair = np.concatenate([image.permute(1, 2, 0).cpu().numpy(), overlay(image, heatmap)], axis=1)
     height, width = pair.shape[:2]
     scale = max(1, int(np.ceil(min_size / height)))
-    Image.fromarray(pair).resize((width * scale, height * scale), Image.Resampling.BICUBIC).save(path)
+    return Image.fromarray(pair).resize((width * scale, height * scale), Image.Resampling.BICUBIC)
+
+
+def save_overlay(path: Path, image: torch.Tensor, heatmap: torch.Tensor, min_size: int = 192) -> None:
+    overlay_pair(image, heatmap, min_size).save(path)
 
 
 def _short(name: str, limit: int = 26) -> str:
