@@ -107,6 +107,33 @@ def test_training_and_evaluation_report_the_same_test_metrics_under_the_same_nam
         assert evaluated[name] == pytest.approx(value, abs=tolerance), name
 
 
+def test_the_model_card_is_hugging_face_format_with_the_reports_numbers(trained_run, tmp_path):
+    import yaml
+
+    from gtsrb.evaluation.run import evaluate
+
+    report = evaluate(eval_cfg(f"ckpt_path={trained_run}", f"output_dir={tmp_path}", "gallery_size=0",
+                               "fgsm_epsilons=[0.01]"))
+    text = (tmp_path / "MODEL_CARD.md").read_text()
+    _, header, body = text.split("---\n", 2)
+    meta = yaml.safe_load(header)
+    [result] = meta["model-index"][0]["results"]
+    assert meta["model-index"][0]["name"] == "simple_cnn" and result["dataset"]["split"] == "test"
+    values = {m["name"]: m["value"] for m in result["metrics"]}
+    before, after = report["metrics"]["uncalibrated"], report["metrics"]["calibrated"]
+    assert values["test accuracy"] == pytest.approx(before["acc"], abs=1e-5)
+    assert values["test macro F1"] == pytest.approx(before["f1"], abs=1e-5)
+    assert values["ECE (15 bins), before temperature scaling"] == pytest.approx(before["ece"], abs=1e-5)
+    assert any(name.startswith("ECE (15 bins), after") and v == pytest.approx(after["ece"], abs=1e-5)
+               for name, v in values.items())
+    for section in ("## Intended use", "## Limitations", "## Data and split", "## Training", "## Weakest classes",
+                    "## Most-confused pairs", "## Calibration", "## Robustness (FGSM)"):
+        assert section in body, section
+    run = json.loads((trained_run / "metrics.json").read_text())
+    assert "uv run train.py " + " ".join(run["overrides"]) in body  # the command that reproduces it
+    assert "MODEL_CARD.md" in report["artifacts"]
+
+
 def test_options_tta_fgsm_val_split_and_tensorboard(trained_run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

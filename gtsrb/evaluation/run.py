@@ -26,6 +26,7 @@ from gtsrb.data.imageset import ImageSet
 from gtsrb.errors import UserError
 from gtsrb.evaluation import plots
 from gtsrb.evaluation.calibration import fit_temperature, reliability_bins
+from gtsrb.evaluation.model_card import model_card, training_report
 from gtsrb.evaluation.preflight import check_options
 from gtsrb.evaluation.report import confused_pairs, confusion, per_class_rows, write_csv
 from gtsrb.evaluation.robustness import fgsm_accuracy
@@ -146,12 +147,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "tta_gain": (uncalibrated["acc"] - compute_metrics(plain, labels)["acc"]) if cfg.tta else None,
         "fgsm": fgsm,
         "artifacts": sorted([*(f"{n}.png" for n in figures), "per_class_report.csv", "confused_pairs.csv",
-                             "predictions.csv", "tensorboard/"]),
+                             "predictions.csv", "tensorboard/", "MODEL_CARD.md"]),
         "seconds": round(time.time() - started, 1),
         "config": {"evaluate": OmegaConf.to_container(cfg, resolve=True), "data": OmegaConf.to_container(dm),
                    "model": dict(model.hparams.model), "class_names": names},
     }
     _to_tensorboard(out / "tensorboard", report, pictures, rows)
+    trained_from = (ckpt.get("calibration") or {}).get("source_checkpoint") or ckpt_path
+    (out / "MODEL_CARD.md").write_text(model_card(report, rows, pairs, training_report(trained_from)))
     write_json(out / "metrics.json", report)
     _print_summary(out, report)
     return report
