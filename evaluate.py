@@ -12,14 +12,11 @@ on, a calibrated copy of the checkpoint. Examples::
 Single images: ``uv run python -m gtsrb.predict <checkpoint> <image or folder>``.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from gtsrb.cli import fail, preflight, report_user_errors
+from gtsrb.cli import report_user_errors, start
 from gtsrb.config import register_evaluate_config
-from gtsrb.errors import UserError
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
@@ -36,9 +33,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    register_evaluate_config()
-    try:
-        preflight(sys.argv[1:], "evaluate")
-    except UserError as exc:
-        fail(str(exc))
-    main()
+    start(main, "evaluate", register_evaluate_config)

@@ -7,14 +7,10 @@ Examples::
     uv run train.py -m experiment=quickstart model=simple_cnn,mobilenet_v3_small mixup=none,cutmix
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from gtsrb.cli import fail, preflight, report_user_errors
-from gtsrb.config import register_configs
-from gtsrb.errors import UserError
+from gtsrb.cli import report_user_errors, start
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -26,9 +22,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    try:
-        preflight(sys.argv[1:], "train")
-    except UserError as exc:
-        fail(str(exc))
-    register_configs()
-    main()
+    start(main, "train")

@@ -13,7 +13,7 @@ import functools
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -63,7 +63,7 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
         key = override.key_or_group
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
             override.get_value_element_as_str() if override.value() is not None else None]
-        if (conf_dir / key).is_dir() and not override.is_delete():
+        if config_name == "train" and (conf_dir / key).is_dir() and not override.is_delete():  # a config group
             options = group_options(key, conf_dir)
             for value in values:
                 if value is not None and value not in options:
@@ -74,18 +74,36 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
             first_values.append(override.input_line)
     register_configs()
     try:
-        with initialize_config_dir(str(conf_dir), version_base="1.3"):
+        # the serving app's config lives in the ConfigStore (see gtsrb.config.register_serve_config)
+        context = initialize(version_base="1.3", config_path=None) if config_name == "serve" else \
+            initialize_config_dir(str(conf_dir), version_base="1.3")
+        with context:
             cfg = compose(config_name, overrides=first_values)
     except Exception as exc:
         raise UserError(f"bad override: {_one_line(exc)}") from exc
     if config_name == "train":
         validate(cfg)
+    if config_name == "serve":  # the model must be there before any process starts
+        _check_model(cfg)
     if config_name in ("evaluate", "export"):  # the checkpoint must be there before anything starts
         from gtsrb.checkpoint import resolve_checkpoint
 
         if OmegaConf.is_missing(cfg, "ckpt_path"):
             raise UserError("no checkpoint given; pass ckpt_path=<training run directory> or ckpt_path=<file>.ckpt")
         resolve_checkpoint(cfg.ckpt_path)
+
+
+def _check_model(cfg) -> None:
+    from gtsrb.checkpoint import resolve_checkpoint
+
+    if OmegaConf.is_missing(cfg, "model"):
+        raise UserError("no model given; pass model=<run directory>, model=<file>.ckpt or model=<file>.onnx")
+    if str(cfg.model).endswith(".onnx"):
+        if not Path(cfg.model).expanduser().is_file():
+            raise UserError(f"ONNX model {cfg.model} does not exist; export one with "
+                            "uv run python -m gtsrb.export ckpt_path=<run>")
+    else:
+        resolve_checkpoint(cfg.model)
 
 
 def report_user_errors(task):
@@ -99,3 +117,14 @@ def report_user_errors(task):
             fail(str(exc))
 
     return wrapper
+
+
+def start(app, config_name: str, register=register_configs) -> None:
+    """How every command starts: register its config schema, check the command line (a mistake ends in one
+    ``error:`` line and exit status 2, before any heavy import or output directory), then run the Hydra ``app``."""
+    register()
+    try:
+        preflight(sys.argv[1:], config_name)
+    except UserError as exc:
+        fail(str(exc))
+    app()

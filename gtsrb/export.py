@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -34,6 +33,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from gtsrb.cli import report_user_errors, start
+from gtsrb.config import register_export_config
 from gtsrb.errors import UserError
 from gtsrb.inference import ONNX_INPUT as INPUT
 from gtsrb.inference import ONNX_OUTPUT as OUTPUT
@@ -149,19 +150,10 @@ def export(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    from gtsrb.cli import report_user_errors
-
-    report_user_errors(export)(cfg)
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    export(cfg)
 
 
 if __name__ == "__main__":
-    from gtsrb.cli import fail, preflight
-    from gtsrb.config import register_export_config
-
-    register_export_config()
-    try:
-        preflight(sys.argv[1:], "export")
-    except UserError as exc:
-        fail(str(exc))
-    _main()
+    start(main, "export", register_export_config)
