@@ -276,3 +276,39 @@ class ExportConfig:
 def register_export_config() -> None:
     """Make the schema available to ``conf/export.yaml`` as ``export_schema``."""
     ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+
+
+# --------------------------------------------------------------------------- python -m gtsrb.serve
+
+
+@dataclass
+class ServeConfig:
+    model: str = "???"  # a run directory, a .ckpt file, an evaluation directory (calibrated) or a model.onnx
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept connections from other machines
+    port: int = 8000
+    top_k: int = 5  # classes per image unless the request asks for another number
+    max_batch_size: int = 16  # dynamic batching: requests classified in one pass; 1 = off
+    batch_timeout: float = 0.005  # seconds a batch waits to fill
+    workers: int = 1  # inference worker processes
+    threads: int = 1  # torch threads per worker
+    max_upload_mb: float = 10.0  # larger bodies get a 413
+    max_pixels: int = 25_000_000  # larger images (decompression bombs) get a 413
+    max_files: int = 32  # images per request
+    timeout: float = 30.0  # seconds a request may wait for the worker
+    log_level: str = "warning"
+
+
+def register_serve_config() -> None:
+    """Store the schema as ``serve_schema`` and ``conf/serve.yaml`` as ``serve``.
+
+    The serving app composes from the ConfigStore alone, not from ``conf/``:
+    there ``model`` is a config group, and ``model=<path>`` would be read as
+    a choice of group rather than the path of the model to serve.
+    """
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    store = ConfigStore.instance()
+    store.store(name="serve_schema", node=ServeConfig)
+    store.store(name="serve", node=OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "serve.yaml"))

@@ -243,7 +243,7 @@ def index_test(images_dir: Path, csv_path: Path) -> list[Record]:
 
 
 @contextlib.contextmanager
-def _strict_pil() -> Iterator[None]:
+def strict_pil() -> Iterator[None]:
     """Refuse truncated files even if some other library switched PIL to tolerate them.
 
     With LOAD_TRUNCATED_IMAGES on, a cut-off file decodes into a partly grey
@@ -311,7 +311,7 @@ def decode_record(record: Record, image_size: int, roi_crop: bool = False, on_co
     the same words (``fix`` says what to do about it).
     """
     try:
-        with _strict_pil():
+        with strict_pil():
             return _decode_one(record, image_size, roi_crop)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if on_corrupt == "error":
