@@ -29,8 +29,11 @@ with it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +108,7 @@ class TrafficSignAPI(ls.LitAPI):
     # ------------------------------------------------------------------ one request
 
     def decode_request(self, request) -> dict | Problem:
-        files = [f for f in request.getlist("file")] if hasattr(request, "getlist") else []
+        files = request.getlist("file") if hasattr(request, "getlist") else []  # starlette's FormData
         uploads = [f for f in files if hasattr(f, "read")]
         if not uploads:
             return Problem(422, "no image in the request; send it as multipart form field 'file'"
@@ -294,6 +297,51 @@ def serve(cfg: DictConfig) -> None:
     print(f"serving {cfg.model} on http://{cfg.host}:{cfg.port}/ (batching: "
           f"{'off' if cfg.max_batch_size == 1 else f'up to {cfg.max_batch_size} requests'})", flush=True)
     server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level=cfg.log_level)
+
+
+@contextlib.contextmanager
+def running_server(model: str | Path, *overrides: str, startup_s: float = 180) -> Iterator[str]:
+    """``python -m gtsrb.serve model=... <overrides>`` on a free localhost port, as a context that yields its URL
+    once ``/health`` says ok and stops the whole process group (LitServe's workers too) on exit. For tests,
+    benchmarks and notebooks."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen([sys.executable, "-m", "gtsrb.serve", f"model={model}", f"port={port}", *overrides],
+                            cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"the server did not become healthy within {startup_s:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @hydra.main(config_path=None, config_name="serve", version_base="1.3")  # conf/serve.yaml, via the ConfigStore

@@ -6,11 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,52 +18,16 @@ from PIL import Image
 
 from gtsrb.data.synthetic import make_synthetic
 from gtsrb.inference import OnnxPredictor, Predictor
+from gtsrb.serve import running_server
 from test_evaluate import trained_run  # noqa: F401  (session-scoped trained checkpoint)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path | str, *overrides: str) -> tuple[subprocess.Popen, str]:
-    """``python -m gtsrb.serve`` in its own process group, once /health says ok (LitServe starts worker processes)."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gtsrb.serve", f"model={model}", f"port={port}", *overrides],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    raise RuntimeError("the server did not become healthy within 180 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="session")
 def server(trained_run):  # noqa: F811
-    proc, url = start_server(trained_run)
-    yield url
-    stop_server(proc)
+    with running_server(trained_run) as url:
+        yield url
 
 
 def png(image: torch.Tensor) -> bytes:

@@ -156,6 +156,9 @@ def model_card(report: dict[str, Any], rows: list[dict], pairs: list[dict], trai
               f"| T = 1 | {before['nll']:.4f} | {_fmt(before['ece'])} |"]
     if after:
         lines.append(f"| T = {report['temperature']:.3f} (fitted on val) | {after['nll']:.4f} | {_fmt(after['ece'])} |")
+        if split == "val":
+            lines += ["", "The temperature was fitted and measured on the same validation images, so the calibrated "
+                          "figures are optimistic; evaluate on the test split for unbiased ones."]
     if report.get("fgsm"):
         lines += ["", "## Robustness (FGSM)", "", "| epsilon (pixel scale) | accuracy |", "|---:|---:|"]
         lines += [f"| {row['epsilon']:.4f} | {_fmt(row['acc'])} |" for row in report["fgsm"]]
