@@ -21,11 +21,11 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 from PIL import Image
 
+from benchmarks.report import cpu_name, write_results
 from gtsrb.data.synthetic import make_synthetic
 from gtsrb.serve import running_server
 
@@ -114,15 +114,9 @@ def main() -> None:
                 row = {"batching": batching, **load(url, concurrency, args.requests, args.seconds, uploads)}
                 print(json.dumps(row), flush=True)
                 results.append(row)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     meta = {"command": "uv run python -m benchmarks.load_test --model <model>", "model": args.model,
-            "requests": args.requests, "seconds": args.seconds, "cpu": cpu}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "load_test.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    (out / "load_test.md").write_text(markdown(results, meta))
-    print(markdown(results, meta))
+            "requests": args.requests, "seconds": args.seconds, "cpu": cpu_name()}
+    write_results(args.out, "load_test", {"meta": meta, "results": results}, markdown(results, meta))
 
 
 if __name__ == "__main__":

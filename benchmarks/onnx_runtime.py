@@ -12,7 +12,6 @@ random: speed does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import cpu_name, write_results
 from gtsrb.export import INPUT, OUTPUT, ExportedClassifier, export_onnx, onnx_session
 from gtsrb.inference import InputSpec, Predictor
 from gtsrb.module import TrafficSignClassifier
@@ -114,16 +114,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(name, size, args.rounds, args.calls, args.batch_calls, Path(tmp))
                    for name, size in MODELS.items()]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     meta = {"command": "uv run python -m benchmarks.onnx_runtime", "rounds": args.rounds, "calls": args.calls,
-            "batch_calls": args.batch_calls, "cpu": cpu, "torch": torch.__version__,
+            "batch_calls": args.batch_calls, "cpu": cpu_name(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "onnx_runtime.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    (out / "onnx_runtime.md").write_text(markdown(results, meta))
-    print(markdown(results, meta))
+    write_results(args.out, "onnx_runtime", {"meta": meta, "results": results}, markdown(results, meta))
 
 
 if __name__ == "__main__":
