@@ -16,9 +16,13 @@ from gtsrb.cli import report_user_errors, start
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @report_user_errors
 def main(cfg: DictConfig) -> float:
-    from gtsrb.training import train  # heavy imports after Hydra has parsed the command line
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    return train(cfg)
+    from gtsrb.training import train, train_sweep_job  # heavy imports after Hydra has parsed the command line
+
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    return train_sweep_job(cfg) if sweeping else train(cfg)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ range) and reports the first problem in one line. Inside the app,
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 from pathlib import Path
 
@@ -46,11 +47,17 @@ def _one_line(exc: BaseException) -> str:
     return message
 
 
+MAX_SWEEP_CHECKS = 256  # sweeps with more combinations are checked one swept value at a time
+
+
 def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> None:
     """Raise a one-line :class:`UserError` for the first override that cannot work.
 
-    A sweep (``model=a,b``) is checked value by value for group options, and
-    composed with the first value of each sweep for everything else.
+    A sweep (``model=a,b data.image_size=32,4``) is checked before its first
+    job starts: group options value by value, then every combination of the
+    swept values is composed and validated (for sweeps of more than
+    :data:`MAX_SWEEP_CHECKS` combinations, every swept value with the first
+    value of the other sweeps), and the first that cannot work is named.
     """
     if any(a.startswith("-") and a not in _SWEEP_FLAGS for a in args):
         return  # --help, --cfg, --info ...: Hydra's own business
@@ -58,7 +65,7 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
         overrides = OverridesParser.create().parse_overrides([a for a in args if a not in _SWEEP_FLAGS])
     except Exception as exc:
         raise UserError(f"cannot parse the overrides: {_one_line(exc)}") from exc
-    first_values = []
+    fixed, swept = [], []
     for override in overrides:
         key = override.key_or_group
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
@@ -69,18 +76,39 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
                 if value is not None and value not in options:
                     raise UserError(f"unknown {key} '{value}'; choose one of: {', '.join(options)}")
         if override.is_sweep_override():
-            first_values.append(f"{override.get_key_element()}={values[0]}")
+            swept.append([f"{override.get_key_element()}={value}" for value in values])
         else:
-            first_values.append(override.input_line)
+            fixed.append(override.input_line)
     register_configs()
-    try:
-        # the serving app's config lives in the ConfigStore (see gtsrb.config.register_serve_config)
-        context = initialize(version_base="1.3", config_path=None) if config_name == "serve" else \
-            initialize_config_dir(str(conf_dir), version_base="1.3")
-        with context:
-            cfg = compose(config_name, overrides=first_values)
-    except Exception as exc:
-        raise UserError(f"bad override: {_one_line(exc)}") from exc
+    # the serving app's config lives in the ConfigStore (see gtsrb.config.register_serve_config)
+    context = initialize(version_base="1.3", config_path=None) if config_name == "serve" else \
+        initialize_config_dir(str(conf_dir), version_base="1.3")
+    with context:
+        for job in _sweep_jobs(swept):
+            try:
+                try:
+                    cfg = compose(config_name, overrides=[*fixed, *job])
+                except Exception as exc:
+                    raise UserError(f"bad override: {_one_line(exc)}") from exc
+                _check(config_name, cfg)
+            except UserError as exc:
+                if len(swept) == 0:
+                    raise
+                raise UserError(f"the sweep job with {' '.join(job)} cannot run: {exc}") from exc
+
+
+def _sweep_jobs(swept: list[list[str]]) -> list[list[str]]:
+    """The swept values of every job of a grid sweep (one empty job without a sweep), or, past
+    :data:`MAX_SWEEP_CHECKS` jobs, each swept value once with the first value of the others."""
+    jobs = [list(job) for job in itertools.product(*swept)]
+    if len(jobs) <= MAX_SWEEP_CHECKS:
+        return jobs
+    firsts = [values[0] for values in swept]
+    return [[*firsts[:i], value, *firsts[i + 1:]] for i, values in enumerate(swept) for value in values]
+
+
+def _check(config_name: str, cfg) -> None:
+    """What each command needs before it starts, beyond a config that composes."""
     if config_name == "train":
         validate(cfg)
     if config_name == "serve":  # the model must be there before any process starts

@@ -11,6 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from gtsrb.errors import UserError
+
 
 def _number(value: Any) -> float | None:
     value = float(value.item() if isinstance(value, torch.Tensor) else value)
@@ -39,6 +41,23 @@ class EpochHistory(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop at the first NaN or infinite training loss, with one line that says where and what to try.
+
+    A diverged run otherwise trains on for its remaining epochs on NaN
+    weights and ends with a chance-level score and no hint of why.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
+            raise UserError(f"the training loss became {float(loss.detach().float().mean())} at epoch "
+                            f"{trainer.current_epoch}, batch {batch_idx} (learning rate {lr:.3g}); "
+                            "lower optimizer.lr, or check the data for broken images or labels")
 
 
 def write_json(path: Path, payload: dict) -> None:

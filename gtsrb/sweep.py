@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,15 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         report = json.loads(path.read_text())
         overrides = report.get("overrides") or []
         row: dict[str, Any] = {"job": path.parent.name, "overrides": " ".join(overrides),
-                               "score": report.get("best_score"), "monitor": report["monitor"]}
+                               "status": report.get("status", "completed"), "score": report.get("best_score"),
+                               "monitor": report["monitor"]}
         for split, values in report.get("final", {}).items():
             for name in HEADLINE:
                 if f"{split}/{name}" in values:
                     row[f"{split}/{name}"] = values[f"{split}/{name}"]
         row["epochs"], row["seconds"] = report.get("epochs"), report.get("seconds")
         row["checkpoint"] = report.get("best_checkpoint", "")
+        row["error"] = report.get("error", "")
         rows.append(row)
     return rows
 
@@ -65,8 +68,17 @@ def write_summary(sweep_dir: Path, monitor: str, mode: str) -> list[dict[str, An
 
 
 class SweepSummary(Callback):
+    """Writes the summary when the sweep ends; a sweep with a failed job then exits with status 1."""
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir, config.monitor, config.monitor_mode)
         if rows:
             print(f"sweep summary ({len(rows)} runs, best first): {sweep_dir / 'summary.md'}", flush=True)
+        failed = [row for row in rows if row["status"] == "failed"]
+        if failed:
+            for row in failed:
+                print(f"error: sweep job {row['job']} ({row['overrides']}) failed: {row['error']}", file=sys.stderr)
+            print(f"error: {len(failed)} of {len(rows)} sweep jobs failed; the others are in the summary",
+                  file=sys.stderr, flush=True)
+            sys.exit(1)

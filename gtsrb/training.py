@@ -22,7 +22,7 @@ from gtsrb.errors import UserError
 from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
-from gtsrb.reporting import EpochHistory, flatten, write_json
+from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> float:
 
     history = EpochHistory()
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history]
+    callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss()]
     trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=str(out))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> float:
 
     score = final["val"].get(cfg.monitor)
     report = {
+        "status": "completed",
         "monitor": cfg.monitor,
         "overrides": _task_overrides(),
         "best_score": score,
@@ -120,6 +121,28 @@ def train(cfg: DictConfig) -> float:
     _log_hparams(loggers, report)
     _print_where(out, report, loggers)
     return float(score) if score is not None else float("nan")
+
+
+def train_sweep_job(cfg: DictConfig) -> float:
+    """:func:`train` as one job of a sweep: a job that fails does not end the sweep.
+
+    Its error (an unreadable image, a NaN loss, out of memory, any mistake)
+    is recorded as one line in the job's ``metrics.json`` (``status: failed``),
+    the next job runs, and the sweep summary lists it; the sweep then exits
+    non-zero (:class:`gtsrb.sweep.SweepSummary`). Returns NaN for the sweeper.
+    """
+    try:
+        return train(cfg)
+    except Exception as exc:  # every failure of one job, whatever raised it
+        message = str(exc) if isinstance(exc, UserError) else \
+            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        log.error("sweep job failed: %s", message)
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", {"status": "failed", "error": message, "monitor": cfg.monitor,
+                                          "overrides": _task_overrides(), "best_score": None, "final": {},
+                                          "config": OmegaConf.to_container(cfg, resolve=True)})
+        return float("nan")
 
 
 def _maybe_compile(model: TrafficSignClassifier, cfg: DictConfig) -> None:
