@@ -12,8 +12,9 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gtsrb.config import validate
@@ -22,6 +23,7 @@ from gtsrb.errors import UserError
 from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
+from gtsrb.preemption import EXIT_SIGTERM, PreemptionCheckpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 
 log = logging.getLogger(__name__)
@@ -89,15 +91,20 @@ def train(cfg: DictConfig) -> float:
 
     history = EpochHistory()
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss()]
+    callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss(),
+                 PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides())]
     trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=str(out))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except SIGTERMException:  # PreemptionCheckpoint saved the run and printed how to resume it
+        raise SystemExit(EXIT_SIGTERM) from None
     if trainer.interrupted:
         raise UserError("training was interrupted; resume it with ckpt_path=" + str(out / "checkpoints" / "last.ckpt"))
 
     epochs = list(history.history)  # copied now: loading the best checkpoint below restores the callback's state
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # the ModelCheckpoint's best (trainer.checkpoint_callback may be the PreemptionCheckpoint when there is none)
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), "")
     ckpt = best or None  # fast_dev_run and runs without checkpointing evaluate the weights in memory
     final = {"val": _only_metrics(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))}
     if cfg.test and datamodule.has_split("test"):

@@ -1,10 +1,18 @@
-"""Sweeps that survive failures: every grid job checked before the first starts, a job that fails at run time
-recorded as failed while the others run, and a NaN loss stopped at once with one line."""
+"""Runs and sweeps that survive failures: every grid job checked before the first starts, a job that fails at
+run time recorded as failed while the others run, a NaN loss stopped at once with one line, and a run ended by
+SIGTERM saved with the command that resumes it."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +21,7 @@ import torch
 
 from gtsrb.errors import UserError
 from gtsrb.reporting import StopOnNonFiniteLoss
-from test_train_cli import TINY_RUN, run_train
+from test_train_cli import ROOT, TINY_RUN, run_train
 
 
 def test_a_bad_combination_stops_the_sweep_before_any_job_runs(tmp_path):
@@ -74,3 +82,39 @@ def test_a_run_whose_loss_turns_nan_stops_at_that_step(make_cfg, monkeypatch, on
     with pytest.raises(UserError, match="the training loss became nan at epoch 0, batch 2 "):
         train(cfg)
     assert not (Path(cfg.output_dir) / "metrics.json").exists()
+
+
+def test_sigterm_saves_where_the_run_was_and_the_printed_command_resumes_it(tmp_path):
+    """A real run gets SIGTERM mid-training: it saves interrupted.ckpt, prints the resume command, exits 143; the
+    command resumes from the saved step and the history of the epochs before is kept."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [*TINY_RUN, "trainer.max_epochs=200", "logger=csv", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((run_dir / "checkpoints").glob("best-*.ckpt")) and time.time() < deadline:  # an epoch is done
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    saved = run_dir / "checkpoints" / "interrupted.ckpt"
+    assert saved.is_file()
+    [line] = [line for line in err.splitlines() if line.startswith("resume with: ")]
+    command = shlex.split(line.removeprefix("resume with: "))
+    assert command[:3] == ["uv", "run", "train.py"] and command[-1] == f"ckpt_path={saved}"
+    assert not any(a.startswith("hydra.") for a in command)
+    interrupted = torch.load(saved, weights_only=False)
+    epoch, step = interrupted["epoch"], interrupted["global_step"]
+    assert step > 0
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_args = [a if not a.startswith("trainer.max_epochs=") else f"trainer.max_epochs={epoch + 2}"
+                    for a in command[3:]]
+    resumed = run_train(*resumed_args, f"hydra.run.dir={resumed_dir}")
+    assert resumed.returncode == 0
+    report = json.loads((resumed_dir / "metrics.json").read_text())
+    assert report["history"][-1]["epoch"] == epoch + 1 and report["history"][-1]["step"] > step
+    assert [row["epoch"] for row in report["history"]][:epoch] == list(range(epoch))  # the epochs before, kept
+    assert not (run_dir / "metrics.json").exists()  # the interrupted run is left as it was
