@@ -78,7 +78,8 @@ def test_a_run_whose_loss_turns_nan_stops_at_that_step(make_cfg, monkeypatch, on
         return loss * float("nan") if self.global_step >= 2 else loss
 
     monkeypatch.setattr(TrafficSignClassifier, "training_step", diverging)
-    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=3")
+    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=3",
+                   "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null")
     with pytest.raises(UserError, match="the training loss became nan at epoch 0, batch 2 "):
         train(cfg)
     assert not (Path(cfg.output_dir) / "metrics.json").exists()
