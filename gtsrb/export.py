@@ -38,7 +38,7 @@ from gtsrb.config import register_export_config
 from gtsrb.errors import UserError
 from gtsrb.inference import ONNX_INPUT as INPUT
 from gtsrb.inference import ONNX_OUTPUT as OUTPUT
-from gtsrb.inference import Predictor
+from gtsrb.inference import Predictor, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +105,6 @@ def export_onnx(predictor: Predictor, path: Path, opset: int | None = None) -> P
     onnx.save(proto, tmp)
     os.replace(tmp, path)
     return path
-
-
-def onnx_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session for ``model.onnx`` (``threads``: intra-op threads; None = ONNX Runtime's
-    default, one per core)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # warnings about unused initialisers are noise here
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def verify(predictor: Predictor, path: Path, images: torch.Tensor) -> dict[str, float]:

@@ -123,26 +123,23 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 256,
-                        data_overrides: Mapping[str, Any] | None = None, model_overrides: Mapping[str, Any] | None = None,
                         num_classes: int | None = None, expected_by: str = "the data",
                         fix: str = "use a checkpoint trained on these classes, or the data it was trained on",
                         ) -> "Predictor":
         """Everything from the checkpoint alone: weights, temperature, class names and ``data.*`` settings.
 
         ``path`` is a ``.ckpt`` file, a training run directory or an
-        evaluation directory (:func:`gtsrb.checkpoint.resolve_checkpoint`);
-        ``data_overrides`` replace recorded ``data.*`` values.
+        evaluation directory (:func:`gtsrb.checkpoint.resolve_checkpoint`).
         """
         ckpt_path = resolve_checkpoint(path)
         ckpt = read_checkpoint(ckpt_path)
-        data = dict((ckpt.get("datamodule_hyper_parameters") or {}).get("data") or {})
-        data.update({k: v for k, v in (data_overrides or {}).items() if v is not None})
+        data = (ckpt.get("datamodule_hyper_parameters") or {}).get("data") or {}
         if not all(k in data for k in ("image_size", "mean", "std")):
             raise UserError(f"{ckpt_path} does not record the image size and normalisation it was trained with; "
                             "pass a checkpoint written by train.py")
         dev = pick_device(device)
-        model = load_classifier(ckpt_path, ckpt, dict(model_overrides or {}), num_classes=num_classes, device=dev,
-                                expected_by=expected_by, fix=fix)
+        model = load_classifier(ckpt_path, ckpt, num_classes=num_classes, device=dev, expected_by=expected_by,
+                                fix=fix)
         return cls(model, InputSpec.of(data), batch_size, dev, ckpt_path)
 
     @property
@@ -156,6 +153,11 @@ class Predictor:
     @property
     def model_name(self) -> str:
         return str(self.model.hparams.model["name"])
+
+    @property
+    def source_checkpoint(self) -> Path | None:
+        """The checkpoint whose evaluation or training run holds this model's metrics (the model card's)."""
+        return self.checkpoint
 
     # ------------------------------------------------------------------ raw images -> prepared images
 
@@ -214,6 +216,17 @@ class Predictor:
 ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"  # the names gtsrb.export gives the graph's ends
 
 
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session (``threads``: intra-op threads; None = ONNX Runtime's default, one per core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers are noise here
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxPredictor:
     """A ``model.onnx`` written by :mod:`gtsrb.export`, behind the part of :class:`Predictor`'s interface that
     needs no gradients: images are prepared from its metadata exactly as for the checkpoint, and ONNX
@@ -222,24 +235,19 @@ class OnnxPredictor:
     def __init__(self, path: str | Path, batch_size: int = 256, threads: int | None = None) -> None:
         import json
 
-        import onnxruntime as ort
-
         self.checkpoint = Path(path).expanduser()
         if not self.checkpoint.is_file():
             raise UserError(f"ONNX model {self.checkpoint} does not exist; export one with "
                             "uv run python -m gtsrb.export ckpt_path=<run>")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         try:
-            self.session = ort.InferenceSession(str(self.checkpoint), options, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(self.checkpoint, threads)
             meta = self.session.get_modelmeta().custom_metadata_map
             self.spec = InputSpec(int(meta["image_size"]), tuple(json.loads(meta["mean"])),
                                   tuple(json.loads(meta["std"])), meta["preprocess"], json.loads(meta["roi_crop"]))
             self.class_names = list(json.loads(meta["class_names"]))
             self.temperature = float(meta["temperature"])
             self.model_name = meta.get("model_name", self.checkpoint.stem)
+            self.source_checkpoint = Path(meta["source_checkpoint"]) if meta.get("source_checkpoint") else None
         except (KeyError, ValueError) as exc:
             raise UserError(f"{self.checkpoint} lacks this project's metadata ({exc}); export it with "
                             "uv run python -m gtsrb.export") from exc

@@ -228,7 +228,7 @@ def model_info(predictor) -> dict[str, Any]:
 
     return {"name": predictor.model_name, "classes": predictor.class_names, "image_size": predictor.spec.image_size,
             "preprocess": predictor.spec.preprocess, "temperature": predictor.temperature,
-            "source": str(predictor.checkpoint), "model_card": headline_metrics(predictor.checkpoint)}
+            "source": str(predictor.checkpoint), "model_card": headline_metrics(predictor.source_checkpoint)}
 
 
 def example_signs(class_names: list[str], size: int = 96) -> dict[int, bytes]:

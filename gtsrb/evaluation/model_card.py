@@ -25,13 +25,11 @@ SOURCES = {"gtsrb": ("gtsrb", "GTSRB (German Traffic Sign Recognition Benchmark)
 
 
 def headline_metrics(model_path: str | Path | None) -> dict[str, Any]:
-    """Test accuracy, macro F1 and ECE of the model at ``model_path`` (a checkpoint or ``model.onnx``), as
-    its evaluation report or its training run recorded them; empty where neither is found."""
+    """Test accuracy, macro F1 and ECE of the checkpoint at ``model_path``, as its evaluation report or its
+    training run recorded them; empty where neither is found."""
     if model_path is None:
         return {}
     path = Path(model_path)
-    if path.suffix == ".onnx":
-        path = _onnx_source(path) or path
     folder = path if path.is_dir() else path.parent
     for candidate in (folder / "metrics.json", folder.parent / "metrics.json"):
         if not candidate.is_file():
@@ -53,17 +51,6 @@ def headline_metrics(model_path: str | Path | None) -> dict[str, Any]:
             return {"source": str(candidate), "split": split, "acc": values.get(f"{split}/acc"),
                     "f1": values.get(f"{split}/f1"), "ece": values.get(f"{split}/ece"), "ece_calibrated": None}
     return {}
-
-
-def _onnx_source(path: Path) -> Path | None:
-    try:
-        import onnx
-
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception:  # not ours to diagnose here: the server reports an unloadable model itself
-        return None
-    source = meta.get("source_checkpoint")
-    return Path(source) if source else None
 
 
 def _fmt(value: float | None, percent: bool = True) -> str:
