@@ -67,6 +67,8 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
         raise UserError(f"cannot parse the overrides: {_one_line(exc)}") from exc
     fixed, swept = [], []
     for override in overrides:
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            continue  # interval(...): a search space, checked by the search's sweeper (gtsrb.search.sweeper)
         key = override.key_or_group
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
             override.get_value_element_as_str() if override.value() is not None else None]

@@ -68,7 +68,14 @@ def write_summary(sweep_dir: Path, monitor: str, mode: str) -> list[dict[str, An
 
 
 class SweepSummary(Callback):
-    """Writes the summary when the sweep ends; a sweep with a failed job then exits with status 1."""
+    """Writes the summary when the sweep ends; a grid sweep with a failed job then exits with status 1.
+
+    In a search (``hparams_search``) failed trials are part of the search, marked failed in the summary:
+    ``failed_jobs_are_fatal=false`` keeps the exit status 0 unless no job completed.
+    """
+
+    def __init__(self, failed_jobs_are_fatal: bool = True) -> None:
+        self.failed_jobs_are_fatal = failed_jobs_are_fatal
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -76,7 +83,8 @@ class SweepSummary(Callback):
         if rows:
             print(f"sweep summary ({len(rows)} runs, best first): {sweep_dir / 'summary.md'}", flush=True)
         failed = [row for row in rows if row["status"] == "failed"]
-        if failed:
+        completed = [row for row in rows if row["status"] == "completed"]
+        if failed and (self.failed_jobs_are_fatal or not completed):
             for row in failed:
                 print(f"error: sweep job {row['job']} ({row['overrides']}) failed: {row['error']}", file=sys.stderr)
             print(f"error: {len(failed)} of {len(rows)} sweep jobs failed; the others are in the summary",

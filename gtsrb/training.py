@@ -25,6 +25,7 @@ from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
 from gtsrb.preemption import EXIT_SIGTERM, PreemptionCheckpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
+from gtsrb.search.pruning import pruning_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def train(cfg: DictConfig) -> float:
     history = EpochHistory()
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss(),
-                 PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides())]
+                 PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides()), *pruning_callbacks(cfg.monitor)]
     trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=str(out))
     try:
@@ -137,19 +138,33 @@ def train_sweep_job(cfg: DictConfig) -> float:
     is recorded as one line in the job's ``metrics.json`` (``status: failed``),
     the next job runs, and the sweep summary lists it; the sweep then exits
     non-zero (:class:`gtsrb.sweep.SweepSummary`). Returns NaN for the sweeper.
+
+    A trial that Optuna's pruner stopped is recorded as ``status: pruned`` and
+    its ``optuna.TrialPruned`` raised on, so the sweeper tells Optuna so.
     """
+    from optuna import TrialPruned
+
     try:
         return train(cfg)
+    except TrialPruned as exc:
+        log.info("trial pruned: %s", exc)
+        _record_unfinished(cfg, "pruned", str(exc))
+        raise
     except Exception as exc:  # every failure of one job, whatever raised it
         message = str(exc) if isinstance(exc, UserError) else \
             f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
         log.error("sweep job failed: %s", message)
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", {"status": "failed", "error": message, "monitor": cfg.monitor,
-                                          "overrides": _task_overrides(), "best_score": None, "final": {},
-                                          "config": OmegaConf.to_container(cfg, resolve=True)})
+        _record_unfinished(cfg, "failed", message)
         return float("nan")
+
+
+def _record_unfinished(cfg: DictConfig, status: str, message: str) -> None:
+    """``metrics.json`` of a sweep job that did not finish: its status and why, for the sweep summary."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", {"status": status, "error": message, "monitor": cfg.monitor,
+                                      "overrides": _task_overrides(), "best_score": None, "final": {},
+                                      "config": OmegaConf.to_container(cfg, resolve=True)})
 
 
 def _maybe_compile(model: TrafficSignClassifier, cfg: DictConfig) -> None:
