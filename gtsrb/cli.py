@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
     job starts: group options value by value, then every combination of the
     swept values is composed and validated (for sweeps of more than
     :data:`MAX_SWEEP_CHECKS` combinations, every swept value with the first
-    value of the other sweeps), and the first that cannot work is named.
+    value of the other sweeps), and the first that cannot work is named. A
+    launcher chosen here (``-m hydra/launcher=slurm``) must be able to start
+    (:func:`_check_launcher`).
     """
     if any(a.startswith("-") and a not in _SWEEP_FLAGS for a in args):
         return  # --help, --cfg, --info ...: Hydra's own business
@@ -65,7 +68,7 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
         overrides = OverridesParser.create().parse_overrides([a for a in args if a not in _SWEEP_FLAGS])
     except Exception as exc:
         raise UserError(f"cannot parse the overrides: {_one_line(exc)}") from exc
-    fixed, swept = [], []
+    fixed, swept, groups = [], [], []
     for override in overrides:
         if override.is_sweep_override() and not override.is_discrete_sweep():
             continue  # interval(...): a search space, checked by the search's sweeper (gtsrb.search.sweeper)
@@ -73,10 +76,7 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
             override.get_value_element_as_str() if override.value() is not None else None]
         if config_name == "train" and (conf_dir / key).is_dir() and not override.is_delete():  # a config group
-            options = group_options(key, conf_dir)
-            for value in values:
-                if value is not None and value not in options:
-                    raise UserError(f"unknown {key} '{value}'; choose one of: {', '.join(options)}")
+            groups.append((key, values))
         if override.is_sweep_override():
             swept.append([f"{override.get_key_element()}={value}" for value in values])
         else:
@@ -86,6 +86,14 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
     context = initialize(version_base="1.3", config_path=None) if config_name == "serve" else \
         initialize_config_dir(str(conf_dir), version_base="1.3")
     with context:
+        for key, values in groups:
+            options = _hydra_group_options(key) if key.startswith("hydra/") else group_options(key, conf_dir)
+            for value in values:
+                if value is not None and value not in options:
+                    raise UserError(f"unknown {key} '{value}'; choose one of: {', '.join(options)}")
+        if config_name == "train":
+            _check_launcher(overrides, sweeping=any(a in _SWEEP_FLAGS for a in args),
+                            job=[*fixed, *_sweep_jobs(swept)[0]])
         for job in _sweep_jobs(swept):
             try:
                 try:
@@ -97,6 +105,43 @@ def preflight(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> N
                 if len(swept) == 0:
                     raise
                 raise UserError(f"the sweep job with {' '.join(job)} cannot run: {exc}") from exc
+
+
+def _hydra_group_options(group: str) -> list[str]:
+    """Options of one of Hydra's own groups: ``conf/hydra/<group>/`` and what Hydra and its plugins register
+    (``hydra/launcher=submitit_slurm`` is hydra-submitit-launcher's, ``hydra/launcher=slurm`` ours)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def _check_launcher(overrides, sweeping: bool, job: list[str]) -> None:
+    """A launcher chosen on the command line must be able to start: without ``-m`` Hydra would quietly train here
+    instead, and submitit on a machine without SLURM fails with a traceback after the sweep directory exists."""
+    chosen = [o for o in overrides if o.key_or_group.replace(".", "/").startswith("hydra/launcher")]
+    if not chosen:
+        return
+    if not sweeping:
+        raise UserError(f"{chosen[0].input_line} applies to sweeps only; "
+                        "add -m to launch this run as a sweep of one job")
+    try:
+        cfg = compose("train", overrides=job, return_hydra_config=True)
+    except Exception as exc:
+        raise UserError(f"bad override: {_one_line(exc)}") from exc
+    name = cfg.hydra.runtime.choices.get("hydra/launcher")
+    if str(cfg.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+        missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+        if missing:
+            raise UserError(f"hydra/launcher={name} submits jobs with SLURM's {' and '.join(missing)}, not found on "
+                            "PATH; run the sweep on the cluster's login node, or hydra/launcher=local on this machine")
+        devices = cfg.trainer.get("devices")
+        if not isinstance(devices, int) or isinstance(devices, bool):
+            raise UserError(f"hydra/launcher={name} starts one task per device: set trainer.devices to the number "
+                            f"of GPUs per node (an integer), not {devices!r}")
+    try:
+        OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    except Exception as exc:
+        raise UserError(f"bad hydra/launcher setting: {_one_line(exc)}") from exc
 
 
 def _sweep_jobs(swept: list[list[str]]) -> list[list[str]]:

@@ -1,0 +1,174 @@
+"""Sweeps through submitit (``hydra/launcher=local`` runs here for real, ``hydra/launcher=slurm`` renders its sbatch
+script), the command line's checks of a launcher, and a SLURM pre-emption simulated end to end: SIGUSR1, the HPC
+checkpoint, ``scontrol requeue``, SLURM's SIGTERM, and the requeued job resuming in the same directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.utils import setup_globals
+from hydra.utils import instantiate
+from submitit.helpers import DelayedSubmission
+
+from gtsrb.cli import CONF_DIR, preflight
+from gtsrb.config import register_configs
+from gtsrb.errors import UserError
+from test_train_cli import ROOT, TINY_RUN, run_train
+
+
+def _fake_commands(folder: Path, *names: str) -> Path:
+    """Executables that append their arguments to ``<name>.calls`` and succeed, standing in for SLURM's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = folder / name
+        path.write_text(f'#!/bin/sh\necho "$@" >> "{folder / name}.calls"\n')
+        path.chmod(0o755)
+    return folder
+
+
+def test_slurm_launcher_asks_sbatch_for_what_lightning_needs(tmp_path, monkeypatch):
+    """The sbatch script the plugin writes from conf/hydra/launcher/slurm.yaml: one task per device and the nodes
+    of the trainer, SIGUSR1 90 s before the wall time (Lightning's requeue signal, not submitit's USR2), requeueable,
+    logs inside the sweep."""
+    import submitit
+
+    monkeypatch.setenv("PATH", f"{_fake_commands(tmp_path / 'bin', 'srun')}:{os.environ['PATH']}")
+    register_configs()
+    sweep = tmp_path / "sweep"
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer.devices=4",
+                                          "+trainer.num_nodes=2", f"hydra.sweep.dir={sweep}", "hydra.job.name=train"],
+                      return_hydra_config=True)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    scripts = []
+
+    def submit(executor, function, *arguments):  # what would go to sbatch, instead of sbatch
+        executor._executor.parameters["map_count"] = len(arguments[0])
+        scripts.append(executor._executor._make_submission_file_text("python -m submitit.core._submit", "0"))
+        return []
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", submit)
+    launcher.launch([["seed=1"], ["seed=2"]], initial_job_idx=0)
+    flags = {line.removeprefix("#SBATCH ") for line in scripts[0].splitlines() if line.startswith("#SBATCH")}
+    assert {"--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--signal=USR1@90",
+            "--requeue", "--time=240", "--array=0-1%2"} <= flags
+    assert f"--output={sweep}/.submitit/%A_%a/%A_%a_0_log.out" in flags
+    assert scripts[0].strip().splitlines()[-1].startswith("srun ")  # starts the tasks, each with its SLURM_PROCID
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["-m", "hydra/launcher=slurm"], ["hydra/launcher=slurm", "sbatch and srun", "PATH", "hydra/launcher=local"]),
+    (["-m", "hydra/launcher=submitit_slurm"], ["hydra/launcher=submitit_slurm", "sbatch", "hydra/launcher=local"]),
+    (["hydra/launcher=local"], ["hydra/launcher=local", "add -m"]),
+    (["-m", "hydra/launcher=lokal"], ["unknown hydra/launcher 'lokal'", "local, slurm, submitit_local"]),
+    (["-m", "hydra/launcher=local", "hydra.launcher.timeout_min=soon"], ["hydra.launcher.timeout_min", "soon"]),
+], ids=["no-sbatch", "plugin-name-no-sbatch", "without-m", "unknown", "wrong-type"])
+def test_a_launcher_that_cannot_start_fails_with_one_line(args, expected, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands here, whatever this machine has
+    with pytest.raises(UserError) as info:
+        preflight([*args, "experiment=quickstart"], "train")
+    assert all(text in str(info.value) for text in expected) and "\n" not in str(info.value), str(info.value)
+
+
+def test_slurm_launcher_needs_an_integer_number_of_devices(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{_fake_commands(tmp_path, 'sbatch', 'srun')}:{os.environ['PATH']}")
+    preflight(["-m", "hydra/launcher=slurm", "experiment=quickstart", "trainer.devices=2"], "train")
+    with pytest.raises(UserError, match="trainer.devices to the number of GPUs per node .* not 'auto'"):
+        preflight(["-m", "hydra/launcher=slurm", "experiment=quickstart", "trainer.devices=auto"], "train")
+
+
+def test_local_launcher_runs_each_job_in_its_own_process_and_summarises_the_sweep(image_folder, tmp_path):
+    """Two real jobs through submitit's local executor, one of which fails (a truncated image with
+    data.on_corrupt=error): both write metrics.json from their own process, the summary lists both, the failure
+    ends the sweep with status 1, and a requeued job would land in the same directory."""
+    root = tmp_path / "images"
+    shutil.copytree(image_folder, root)
+    broken = root / "train" / "crossing" / "img0.png"
+    broken.write_bytes(broken.read_bytes()[:80])
+    # a timestamped sweep directory like the default one, to the microsecond: a job that re-resolved it would miss
+    proc = run_train("-m", "hydra/launcher=local", "experiment=quickstart", "data=folder", f"data.root={root}",
+                     "data.image_size=32", "data.batch_size=4", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+                     "logger=csv", "data.on_corrupt=error,skip",
+                     f"hydra.sweep.dir={tmp_path}/sweep/${{now:%H-%M-%S-%f}}", check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [sweep] = (tmp_path / "sweep").iterdir()
+    with open(sweep / "summary.csv") as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"0", "1"}
+    assert rows["0"]["status"] == "failed" and str(broken) in rows["0"]["error"]
+    assert rows["1"]["status"] == "completed" and 0 <= float(rows["1"]["score"]) <= 1
+    assert "error: 1 of 2 sweep jobs failed" in proc.stderr
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == rows[job]["status"]
+    # each job ran in a process of its own: submitit's job id is that process's pid, its logs are in the sweep
+    ids = [str(yaml.safe_load((sweep / job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"])
+           for job in ("0", "1")]
+    assert len(set(ids)) == 2
+    for job_id in ids:
+        assert "Starting with JobEnvironment" in (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
+    # a requeued job unpickles the same submission and composes its config again: same directory, later
+    time.sleep(0.01)
+    submission = DelayedSubmission.load(sweep / ".submitit" / ids[1] / f"{ids[1]}_submitted.pkl")
+    launcher, (overrides, *_) = submission.function, submission.args
+    setup_globals()  # Hydra's resolvers, as the job registers them
+    again = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    assert Path(again.hydra.sweep.dir) == sweep
+
+
+SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_NNODES": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "SLURM_NODELIST": "localhost"}
+
+
+def test_slurm_preemption_requeues_and_the_requeued_job_resumes(tmp_path):
+    """SLURM simulated: SIGUSR1 before the wall time makes Lightning save hpc_ckpt_1.ckpt and run
+    ``scontrol requeue 4242``; SLURM then ends the job with SIGTERM, which saves interrupted.ckpt; the requeued job,
+    the same command in the same directory, resumes from the newest of them and finishes with its history kept."""
+    fake = _fake_commands(tmp_path / "bin", "scontrol")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **SLURM_ENV,
+           "PATH": f"{fake}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "train.py", *TINY_RUN, "trainer.max_epochs=8", "logger=csv", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    calls = fake / "scontrol.calls"
+    deadline = time.time() + 300
+    while not list((run_dir / "checkpoints").glob("best-*.ckpt")) and time.time() < deadline:  # an epoch is done
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)  # sbatch --signal=USR1@90: the wall time is near
+    while not calls.exists() and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    assert (run_dir / "hpc_ckpt_1.ckpt").is_file()  # saved before the requeue
+    assert calls.read_text().split() == ["requeue", "4242"]
+    proc.send_signal(signal.SIGTERM)  # how SLURM ends a job it requeues
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "on SLURM a requeued job resumes from the newest checkpoint of its run directory by itself" in err
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    saved = torch.load(interrupted, weights_only=False)
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
+    assert saved["global_step"] >= hpc["global_step"] > 0 and saved["epoch"] < 8
+    assert not (run_dir / "metrics.json").exists()
+
+    requeued = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert requeued.returncode == 0, requeued.stdout[-3000:] + requeued.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {interrupted}" in requeued.stdout + requeued.stderr
+    report = json.loads((run_dir / "metrics.json").read_text())
+    assert [row["epoch"] for row in report["history"]] == list(range(8)) and report["epochs"] == 8
+    kept = saved["callbacks"]["EpochHistory"]["history"]
+    assert report["history"][:len(kept)] == kept and len(kept) == saved["epoch"]  # the epochs before, as they were
+    assert calls.read_text().split() == ["requeue", "4242"]  # requeued once
