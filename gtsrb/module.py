@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanMetric
 
 from gtsrb.metrics import classification_metrics
 from gtsrb.models import build_model
@@ -43,6 +44,9 @@ class TrafficSignClassifier(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, full=False).clone(prefix="train/")
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
+        # Losses are averaged over images by metrics too: under DDP they are reduced over the processes exactly
+        # (Lightning's sync_dist mean of a logged tensor rounds a process's image count down when shards differ).
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
 
     @property
     def class_names(self) -> list[str]:
@@ -60,31 +64,35 @@ class TrafficSignClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         hard = targets.argmax(dim=1) if targets.ndim == 2 else targets
         self.train_metrics(logits, hard)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.train_loss(loss.detach(), len(images))  # the step value is this process's batch
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def _evaluate(self, batch, metrics, stage: str) -> None:
+    def _evaluate(self, batch, metrics, losses: MeanMetric, stage: str) -> None:
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         metrics.update(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(images))
+        losses.update(loss, len(images))
+        self.log(f"{stage}/loss", losses, on_epoch=True, prog_bar=stage == "val")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, self.val_metrics, self.val_loss, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics, self.test_loss, "test")
 
+    # Under DDP, torchmetrics' compute() reduces the metric states of all processes, so every process logs the
+    # same values; sync_dist=True only tells Lightning that they are reduced (averaging equal values).
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
-        self.log("val/acc", values.pop("val/acc"), prog_bar=True)
-        self.log_dict(values)
+        self.log("val/acc", values.pop("val/acc"), prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
         self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -14,7 +14,9 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gtsrb.config import validate
@@ -23,7 +25,7 @@ from gtsrb.errors import UserError
 from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
-from gtsrb.preemption import EXIT_SIGTERM, PreemptionCheckpoint
+from gtsrb.preemption import EXIT_SIGTERM, PreemptionCheckpoint, newest_checkpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 from gtsrb.search.pruning import pruning_callbacks
 
@@ -65,13 +67,31 @@ def _single_log_stream() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
+class _RankZeroConsole(logging.Filter):
+    """Under DDP every process runs this code: the console shows the info lines of the first process only, and
+    warnings and errors of all. Each process's own log file (Hydra's ``train_ddp_process_<n>.log``) keeps all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or rank_zero_only.rank == 0
+
+
+def _console_from_rank_zero() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) and \
+                not any(isinstance(f, _RankZeroConsole) for f in handler.filters):
+            handler.addFilter(_RankZeroConsole())
+
+
 def train(cfg: DictConfig) -> float:
     """Train, pick the best checkpoint, evaluate it on val and test, write ``metrics.json``.
 
+    Under DDP every process runs this function on its own shard; the metrics are reduced over all of them, and
+    the first process alone writes ``metrics.json`` and checkpoints, logs the hyperparameters and prints.
     Returns the best value of the monitored metric, which Hydra sweepers optimise.
     """
     validate(cfg)
     _single_log_stream()
+    _console_from_rank_zero()
     started = time.time()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,10 +114,10 @@ def train(cfg: DictConfig) -> float:
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss(),
                  PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides()), *pruning_callbacks(cfg.monitor)]
-    trainer = L.Trainer(**cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                        default_root_dir=str(out))
+    trainer = _build_trainer(cfg, callbacks, loggers, out)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        # a run started again in its own directory (a requeued SLURM job) resumes where it was
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or newest_checkpoint(out))
     except SIGTERMException:  # PreemptionCheckpoint saved the run and printed how to resume it
         raise SystemExit(EXIT_SIGTERM) from None
     if trainer.interrupted:
@@ -125,9 +145,10 @@ def train(cfg: DictConfig) -> float:
         "history": epochs,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json(out / "metrics.json", report)
-    _log_hparams(loggers, report)
-    _print_where(out, report, loggers)
+    if trainer.is_global_zero:  # under DDP every process has the same report (metrics reduced over all); one writes
+        write_json(out / "metrics.json", report)
+        _log_hparams(loggers, report)
+        _print_where(out, report, loggers)
     return float(score) if score is not None else float("nan")
 
 
@@ -165,6 +186,26 @@ def _record_unfinished(cfg: DictConfig, status: str, message: str) -> None:
     write_json(out / "metrics.json", {"status": status, "error": message, "monitor": cfg.monitor,
                                       "overrides": _task_overrides(), "best_score": None, "final": {},
                                       "config": OmegaConf.to_container(cfg, resolve=True)})
+
+
+def _build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list, out: Path) -> L.Trainer:
+    """``lightning.Trainer`` with ``conf/trainer``; devices this machine does not have stop the run with one line.
+
+    ``use_distributed_sampler=False``: under DDP the data module shards its loaders itself (Lightning's sampler
+    injection would shard the batched path's batches a second time), see :mod:`gtsrb.data.datamodule`.
+    """
+    settings = f"trainer.accelerator={cfg.trainer.get('accelerator')} trainer.devices={cfg.trainer.get('devices')}"
+    try:
+        trainer = L.Trainer(**{**cfg.trainer, "use_distributed_sampler": False}, callbacks=callbacks,
+                            logger=loggers or False, default_root_dir=str(out))
+    except MisconfigurationException as exc:  # e.g. more GPUs than the machine has
+        raise UserError(f"cannot build the trainer ({settings}): {' '.join(str(exc).split())}; ask for devices "
+                        "this machine has (trainer.accelerator=cpu, or fewer trainer.devices)") from None
+    if isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices * trainer.num_nodes == 1:
+        raise UserError(f"trainer.strategy={cfg.trainer.get('strategy')} would run a single process: {settings} "
+                        f"gives one device ({trainer.strategy.root_device.type}); set trainer.devices=2 or more (GPUs, "
+                        "or CPU processes with trainer.accelerator=cpu), or train on one device with trainer=auto")
+    return trainer
 
 
 def _maybe_compile(model: TrafficSignClassifier, cfg: DictConfig) -> None:

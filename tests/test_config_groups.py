@@ -27,6 +27,8 @@ EXTRA = {
 def test_option_trains_one_step(make_cfg, group, option, mobilenet_weights):
     if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
         pytest.skip("no GPU on this machine")
+    if group == "trainer" and option == "ddp":
+        pytest.skip("starts processes by running a script again: tests/test_ddp.py runs train.py on 2 processes")
     extra = list(EXTRA.get(group, []))
     if group == "finetuning":  # fine-tuning acts on pretrained weights only
         extra += ["model=mobilenet_v3_small", f"model.weights={mobilenet_weights}"]

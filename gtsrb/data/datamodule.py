@@ -25,6 +25,20 @@ the in-memory path splits them, and the DataLoader's workers decode,
 preprocess and augment each image with the in-memory path's own functions.
 
 MixUp/CutMix then runs on the augmented training batch.
+
+Under DDP (``trainer=ddp``) every process builds its own loaders, and
+``data.batch_size`` is per process (per device): the effective batch is
+``data.batch_size`` times the number of processes. The module shards the
+splits itself, both paths alike, and trainers pass
+``use_distributed_sampler=False`` (Lightning's sampler injection would deal
+out the batched path's whole batches, repeat batches in evaluation and rely
+on every process shuffling alike). Each process trains on its own shard of
+the training set, reshuffled every epoch from ``seed`` and the epoch, and
+padded by a few repeated images to an equal share (DDP needs the same number
+of steps everywhere); it draws its own augmentation, MixUp and dropout
+randomness, seeded from ``seed`` and its rank, so runs are reproducible.
+Validation and test shards are not padded, so metrics reduced over the
+processes count every image exactly once, as on one process.
 """
 
 from __future__ import annotations
@@ -36,8 +50,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler,
-                              default_collate)
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler,
+                              Sampler, WeightedRandomSampler, default_collate)
 
 from gtsrb.classes import GTSRB_CLASS_NAMES, gtsrb_hflip_map
 from gtsrb.config import AugmentationConfig, DataConfig, MixupConfig
@@ -161,6 +177,28 @@ class TensorBatches(Dataset):
         return images, self.data.labels[index]
 
 
+class EpochBatchSampler(BatchSampler):
+    """A ``BatchSampler`` that passes ``set_epoch`` on to its sampler.
+
+    The batched path hands Lightning a loader whose ``sampler`` is this batch
+    sampler; Lightning calls ``set_epoch`` on it every epoch, and a
+    ``DistributedSampler`` inside only reshuffles when it gets the call.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
+
+
+def process_share() -> tuple[int, int]:
+    """``(number of processes, rank of this one)`` of the DDP run this process belongs to; ``(1, 0)`` outside DDP."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 def _typed(schema, values) -> DictConfig:
     """Plain dicts (from a checkpoint) or configs, checked against the schema and completed with its defaults."""
     return OmegaConf.merge(OmegaConf.structured(schema), values)
@@ -182,6 +220,7 @@ class TrafficSignDataModule(L.LightningDataModule):
         self.flip_map: Sequence[int] | None = None
         self.augment: BatchAugment | None = None
         self.mixer = None
+        self._seeded_rank: int | None = None  # under DDP: the rank this process's random stream was seeded for
 
     # -- loading -----------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -277,7 +316,7 @@ class TrafficSignDataModule(L.LightningDataModule):
         if self.batched:  # one slice per batch: no workers needed
             if sampler is None:
                 sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-            batches = BatchSampler(sampler, self.cfg.batch_size, drop_last=drop_last)
+            batches = EpochBatchSampler(sampler, self.cfg.batch_size, drop_last=drop_last)
             return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0, pin_memory=pin)
         workers = self.cfg.num_workers
         loader, collate = (LazyLoader, collate_readable) if self.lazy else (DataLoader, None)
@@ -288,8 +327,22 @@ class TrafficSignDataModule(L.LightningDataModule):
         data = self.splits["train"]
         dataset = TensorBatches(data) if self.batched else AugmentedSamples(data, self.augment)
         sampler = self._balanced_sampler(data.labels) if self.cfg.balanced_sampling else None
+        processes, rank = process_share()
+        if processes > 1:  # this process's shard, and its own random draws (see the module docstring)
+            if self._seeded_rank != rank:  # once: a loader built again every epoch continues the stream
+                torch.manual_seed(self.seed + rank)
+                self._seeded_rank = rank
+            sampler = self._train_shard(dataset, sampler, processes, rank)
+        size = len(sampler) if sampler is not None else len(data)
         # drop_last: a final batch of one sample would break BatchNorm
-        return self._loader(dataset, shuffle=sampler is None, sampler=sampler, drop_last=len(data) > self.cfg.batch_size)
+        return self._loader(dataset, shuffle=sampler is None, sampler=sampler, drop_last=size > self.cfg.batch_size)
+
+    def _train_shard(self, dataset: Dataset, sampler: Sampler | None, processes: int, rank: int) -> DistributedSampler:
+        """Disjoint shards of one order that every process derives alike from ``seed`` (and the epoch)."""
+        if sampler is None:
+            return DistributedSampler(dataset, processes, rank, shuffle=True, seed=self.seed)
+        # the balanced sampler draws the same sequence in every process (its generator is seeded); each takes a share
+        return DistributedSamplerWrapper(sampler, num_replicas=processes, rank=rank, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -302,8 +355,16 @@ class TrafficSignDataModule(L.LightningDataModule):
             return []  # Lightning skips an empty loader list
         data = self.splits[split]
         if self.batched:
-            return self._loader(TensorBatches(data, self.cfg.mean, self.cfg.std))
-        return self._loader(TransformedImageSet(data, build_eval_transform(self.cfg.mean, self.cfg.std)))
+            dataset = TensorBatches(data, self.cfg.mean, self.cfg.std)
+        else:
+            dataset = TransformedImageSet(data, build_eval_transform(self.cfg.mean, self.cfg.std))
+        processes, rank = process_share()
+        if processes > len(data):  # a process without a batch would leave the others waiting for it
+            raise UserError(f"the {split} split has {len(data)} images, fewer than the {processes} processes that "
+                            "evaluate it; use fewer trainer.devices or more images")
+        # every image once, none repeated: a padded shard would count its repeats in the metrics
+        sampler = UnrepeatedDistributedSampler(dataset, processes, rank, shuffle=False) if processes > 1 else None
+        return self._loader(dataset, sampler=sampler)
 
     def _balanced_sampler(self, labels: torch.Tensor) -> WeightedRandomSampler:
         """Every class equally likely per draw; an epoch still has len(train) samples."""
