@@ -28,6 +28,9 @@ class DataConfig:
     num_workers: int = 0
     val_fraction: float = 0.15  # gtsrb: share of each class's tracks held out for validation
     split_seed: int = 0  # gtsrb: which tracks are held out; fixed apart from `seed` so runs compare on one split
+    val_split: str = "tracks"  # gtsrb: tracks (drawn at random) | blocks (runs of consecutive tracks) held out
+    folds: int = 0  # gtsrb: k-fold cross-validation over tracks (0: off; val_fraction then 1/k)
+    fold: int = 0  # gtsrb: the fold held out, 0..folds-1
     balanced_sampling: bool = False  # draw training batches with equal class frequencies
     roi_crop: bool = False  # gtsrb: crop to the annotated sign region
     on_corrupt: str = "error"  # error | skip
@@ -139,6 +142,7 @@ def register_configs() -> None:
 _CHOICES = {
     "data.source": ("gtsrb", "synthetic", "folder"),
     "data.on_corrupt": ("error", "skip"),
+    "data.val_split": ("tracks", "blocks"),
     "data.augment_on": ("batch", "sample"),
     "data.preprocess": ("none", "autocontrast", "equalize", "clahe"),
     "model.compile": ("off", "gpu", "on"),
@@ -200,6 +204,9 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("data.mean and data.std need three values each (RGB), with std > 0")
     if not cfg.data.in_memory:
         _check_lazy_data(cfg.data)
+    folds, fold = cfg.data.get("folds", 0), cfg.data.get("fold", 0)
+    if folds and not (folds >= 2 and 0 <= fold < folds):
+        raise UserError(f"data.fold={fold} of data.folds={folds}: folds must be 2 or more and fold in 0..{folds - 1}")
 
 
 def _check_lazy_data(data: DictConfig) -> None:

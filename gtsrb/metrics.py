@@ -115,3 +115,18 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, extra: bool = Tr
     metrics = classification_metrics(logits.shape[1], extra=extra).to(logits.device)
     metrics.update(logits, labels.to(logits.device))
     return {name: float(value) for name, value in metrics.compute().items()}
+
+
+def accuracy_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95% interval for an accuracy measured on ``n`` images.
+
+    At 99.5% on a few thousand images the normal approximation's interval
+    runs past 100%; Wilson's stays inside [0, 1] and is what a difference
+    between two recipes has to clear before it means anything.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+

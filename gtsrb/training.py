@@ -23,6 +23,7 @@ from gtsrb.config import validate
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
 from gtsrb.finetuning import TwoPhaseFinetuning
+from gtsrb.metrics import accuracy_interval
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
 from gtsrb.preemption import EXIT_SIGTERM, PreemptionCheckpoint, newest_checkpoint
@@ -142,6 +143,8 @@ def train(cfg: DictConfig) -> float:
         "epochs": trainer.current_epoch,
         "seconds": round(time.time() - started, 1),
         "final": final,
+        "acc_ci95": {split: [round(x, 6) for x in accuracy_interval(values[f"{split}/acc"], len(datamodule.splits[split]))]
+                     for split, values in final.items() if f"{split}/acc" in values},
         "history": epochs,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -247,6 +250,7 @@ def _print_where(out: Path, report: dict, loggers) -> None:
     final = report["final"]
     lines = [f"run directory: {out}",
              f"best {report['monitor']}: {report['best_score']}",
+             *(f"{split} acc 95% interval: {low:.4f} to {high:.4f}" for split, (low, high) in report["acc_ci95"].items()),
              f"best checkpoint: {report['best_checkpoint'] or '(none saved)'}",
              f"metrics: {out / 'metrics.json'}"]
     if "test" in final:

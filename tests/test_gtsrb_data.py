@@ -280,3 +280,55 @@ def test_truncated_file_is_refused_even_if_pil_was_told_to_tolerate_it(tmp_path,
 def test_unknown_on_corrupt_value_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="data.on_corrupt"):
         load_gtsrb(build_torchvision_tree(tmp_path), image_size=SIZE, val_fraction=0.25, seed=0, on_corrupt="ignore")
+
+
+def _val_tracks_per_class(labels, groups, val):
+    held = {}
+    for g, c in zip(groups[val].tolist(), labels[val].tolist()):
+        held.setdefault(c, set()).add(g)
+    return held
+
+
+def test_blocks_hold_out_consecutive_tracks_of_every_class():
+    labels, groups = synthetic_tracks(n_classes=6, tracks_per_class=20)
+    seen_starts = set()
+    for seed in range(4):
+        train, val = split_by_track(labels, groups, 0.15, seed=seed, how="blocks")
+        assert not set(groups[train].tolist()) & set(groups[val].tolist())
+        for cls, held in _val_tracks_per_class(labels, groups, val).items():
+            held = sorted(held)
+            assert len(held) == 3 and held == list(range(held[0], held[0] + 3)), held  # one run, no gaps
+            seen_starts.add((cls, held[0]))
+    assert len(seen_starts) > 6  # the run's position depends on split_seed
+
+
+def test_random_tracks_are_not_one_run():
+    labels, groups = synthetic_tracks(n_classes=6, tracks_per_class=20)
+    _, val = split_by_track(labels, groups, 0.15, seed=0, how="tracks")
+    runs = [sorted(h) for h in _val_tracks_per_class(labels, groups, val).values()]
+    assert any(r != list(range(r[0], r[0] + len(r))) for r in runs)
+
+
+@pytest.mark.parametrize("how", ["tracks", "blocks"])
+def test_folds_hold_out_every_track_exactly_once(how):
+    labels, groups = synthetic_tracks(n_classes=5, tracks_per_class=7)
+    held = [split_by_track(labels, groups, 0.15, seed=3, how=how, folds=3, fold=f)[1] for f in range(3)]
+    all_val = torch.cat(held)
+    assert sorted(all_val.tolist()) == list(range(len(labels)))  # a partition of every image
+    for val in held:  # each fold has every class, a third of its tracks (2 or 3 of 7)
+        counts = {c: len(t) for c, t in _val_tracks_per_class(labels, groups, val).items()}
+        assert set(counts) == set(range(5)) and set(counts.values()) <= {2, 3}
+    if how == "blocks":  # consecutive modulo the class's track count (a block may wrap around)
+        for val in held:
+            for cls, tracks in _val_tracks_per_class(labels, groups, val).items():
+                steps = {(b - a) % 7 for a, b in zip(sorted(tracks), sorted(tracks)[1:])}
+                assert steps <= {1} or len(steps - {1}) == 1, tracks
+
+
+@pytest.mark.parametrize("kwargs, message", [({"how": "random"}, "data.val_split=random"),
+                                             ({"folds": 1}, "folds must be 2 or more"),
+                                             ({"folds": 3, "fold": 3}, "fold in 0..2")])
+def test_a_split_that_cannot_be_made_is_named(kwargs, message):
+    labels, groups = synthetic_tracks()
+    with pytest.raises(UserError, match=message):
+        split_by_track(labels, groups, 0.15, seed=0, **kwargs)

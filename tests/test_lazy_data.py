@@ -214,3 +214,19 @@ def test_lazy_folder_trains_and_evaluates_like_in_memory(make_cfg, image_folder,
         assert metrics[in_memory]["config"]["data"]["in_memory"] is in_memory
     for key in ("metrics", "temperature", "fgsm", "num_images"):
         assert metrics[False][key] == metrics[True][key]
+
+
+@pytest.mark.parametrize("split", [{"val_split": "blocks"}, {"folds": 2, "fold": 1}])
+def test_the_validation_protocol_reaches_both_loading_paths_and_the_cache_key(gtsrb_root, tmp_path, split):
+    """data.val_split / folds choose other tracks, in memory and lazily alike, and a cached dataset of another
+    protocol is not reused."""
+    settings = {**GTSRB, "root": str(gtsrb_root), "augment_on": "sample", "cache_dir": str(tmp_path / "cache")}
+    default = TrafficSignDataModule(settings)
+    default.setup()
+    memory = TrafficSignDataModule({**settings, **split})
+    memory.setup()  # the cache now holds the default split: this must decode its own
+    lazy = TrafficSignDataModule({**settings, **split, "in_memory": False, "cache_dir": None})
+    lazy.setup()
+    assert torch.equal(memory.splits["val"].groups, lazy.splits["val"].groups)
+    assert set(memory.splits["val"].groups.tolist()) != set(default.splits["val"].groups.tolist())
+    assert not set(memory.splits["val"].groups.tolist()) & set(memory.splits["train"].groups.tolist())

@@ -83,3 +83,15 @@ def test_top5_is_its_own_metric_whatever_the_order_of_batches(order):
     values = metrics.compute()
     assert values["test/acc"] == pytest.approx(5 / 6)
     assert values["test/top5"] == 1.0
+
+
+def test_accuracy_interval_is_wilsons():
+    from gtsrb.metrics import accuracy_interval
+
+    low, high = accuracy_interval(0.5, 100)  # the textbook case: 0.5 +- 0.0962
+    assert abs(low - 0.4038) < 1e-4 and abs(high - 0.5962) < 1e-4
+    low, high = accuracy_interval(1.0, 10)  # all correct: still an interval below 1, never above
+    assert high == 1.0 and 0.70 < low < 0.73
+    narrow = accuracy_interval(0.995, 4740)
+    wide = accuracy_interval(0.995, 474)
+    assert wide[0] < narrow[0] < 0.995 < narrow[1] < wide[1] <= 1.0

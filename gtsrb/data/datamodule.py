@@ -228,7 +228,7 @@ class TrafficSignDataModule(L.LightningDataModule):
         if self.cfg.source == "gtsrb" and self.cfg.download:
             from gtsrb.data.gtsrb import index_gtsrb
 
-            index_gtsrb(self.cfg.root, self.cfg.val_fraction, self.cfg.split_seed, download=True)
+            index_gtsrb(self.cfg.root, self.cfg.val_fraction, self.cfg.split_seed, download=True)  # any split
 
     @property
     def lazy(self) -> bool:
@@ -247,7 +247,8 @@ class TrafficSignDataModule(L.LightningDataModule):
             settings = {"source": cfg.source, "root": str(Path(cfg.root).expanduser().resolve()),
                         "image_size": cfg.image_size, "roi_crop": cfg.roi_crop, "on_corrupt": cfg.on_corrupt,
                         "preprocess": cfg.preprocess, "val_fraction": cfg.val_fraction,
-                        "split_seed": cfg.split_seed if cfg.source == "gtsrb" else None}
+                        "split_seed": cfg.split_seed if cfg.source == "gtsrb" else None,
+                        "val_split": [cfg.val_split, cfg.folds, cfg.fold] if cfg.source == "gtsrb" else None}
             self.splits, self.class_names = load_or_build(cfg.cache_dir, settings,
                                                           source_files(cfg.source, cfg.root), self._decode)
         if cfg.source == "gtsrb" or (cfg.source == "synthetic" and cfg.num_classes == 43):
@@ -262,7 +263,8 @@ class TrafficSignDataModule(L.LightningDataModule):
 
         cfg = self.cfg
         if cfg.source == "gtsrb":
-            records = index_gtsrb(cfg.root, cfg.val_fraction, cfg.split_seed, download=False).splits()
+            records = index_gtsrb(cfg.root, cfg.val_fraction, cfg.split_seed, download=False, how=cfg.val_split,
+                                  folds=cfg.folds, fold=cfg.fold).splits()
             class_names = list(GTSRB_CLASS_NAMES)
         else:
             from gtsrb.data.folder import folder_records
@@ -278,7 +280,8 @@ class TrafficSignDataModule(L.LightningDataModule):
             from gtsrb.data.gtsrb import load_gtsrb
 
             splits = load_gtsrb(cfg.root, cfg.image_size, cfg.val_fraction, cfg.split_seed, download=False,
-                                roi_crop=cfg.roi_crop, on_corrupt=cfg.on_corrupt)
+                                roi_crop=cfg.roi_crop, on_corrupt=cfg.on_corrupt, how=cfg.val_split,
+                                folds=cfg.folds, fold=cfg.fold)
             class_names = list(GTSRB_CLASS_NAMES)
         elif cfg.source == "synthetic":
             from gtsrb.data.synthetic import make_synthetic

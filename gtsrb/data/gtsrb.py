@@ -385,8 +385,12 @@ class RecordDecoder:
 # --------------------------------------------------------------------------- split
 
 
+VAL_SPLITS = ("tracks", "blocks")
+
+
 def split_by_track(
-    labels: torch.Tensor | Sequence[int], groups: torch.Tensor | Sequence[int], val_fraction: float, seed: int
+    labels: torch.Tensor | Sequence[int], groups: torch.Tensor | Sequence[int], val_fraction: float, seed: int,
+    how: str = "tracks", folds: int = 0, fold: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, val indices) with every track wholly on one side.
 
@@ -395,7 +399,19 @@ def split_by_track(
     has at least two tracks, and each class keeps at least one track for
     training. A local generator keeps the split identical across runs and
     independent of any global seeding.
+
+    ``how="tracks"`` holds out tracks drawn at random. ``how="blocks"`` holds
+    out a run of consecutive track numbers per class: tracks are numbered in
+    recording order, and one physical sign can be filmed in neighbouring
+    tracks, which a random draw would put on both sides. ``folds=k`` splits
+    each class's tracks (shuffled, or in order for blocks) into ``k`` parts
+    and holds out part ``fold``, for k-fold cross-validation; ``val_fraction``
+    is then ``1/k``.
     """
+    if how not in VAL_SPLITS:
+        raise UserError(f"data.val_split={how} is not a split; use one of: {', '.join(VAL_SPLITS)}")
+    if folds and not (folds >= 2 and 0 <= fold < folds):
+        raise UserError(f"data.fold={fold} of data.folds={folds}: folds must be 2 or more and fold in 0..{folds - 1}")
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"data.val_fraction={val_fraction} must be in [0, 1); set e.g. data.val_fraction=0.1")
     labels = torch.as_tensor(labels, dtype=torch.int64)
@@ -407,12 +423,30 @@ def split_by_track(
     generator = torch.Generator().manual_seed(int(seed))
     val_groups = []
     for cls in torch.unique(group_class).tolist():
-        tracks = unique_groups[group_class == cls]
+        tracks = unique_groups[group_class == cls]  # ascending: the order they were recorded in
+        if folds:
+            val_groups.append(_fold_of(tracks, how, folds, fold, generator))
+            continue
         n_val = 0 if val_fraction == 0 else min(len(tracks) - 1, max(1, round(val_fraction * len(tracks))))
-        if n_val > 0:
+        if n_val > 0 and how == "tracks":
             val_groups.append(tracks[torch.randperm(len(tracks), generator=generator)[:n_val]])
+        elif n_val > 0:  # blocks: n_val consecutive tracks from a random start
+            start = int(torch.randint(len(tracks) - n_val + 1, (1,), generator=generator))
+            val_groups.append(tracks[start:start + n_val])
     in_val = torch.isin(groups, torch.cat(val_groups)) if val_groups else torch.zeros_like(groups, dtype=torch.bool)
     return torch.nonzero(~in_val).flatten(), torch.nonzero(in_val).flatten()
+
+
+def _fold_of(tracks: torch.Tensor, how: str, folds: int, fold: int, generator: torch.Generator) -> torch.Tensor:
+    """Part ``fold`` of ``folds`` of one class's tracks: shuffled (tracks) or consecutive, from a random start
+    (blocks); none where the class has a single track, which stays in training."""
+    if len(tracks) < 2:
+        return tracks[:0]
+    if how == "tracks":
+        order = tracks[torch.randperm(len(tracks), generator=generator)]
+    else:
+        order = torch.roll(tracks, -int(torch.randint(len(tracks), (1,), generator=generator)))
+    return torch.tensor_split(order, folds)[fold]
 
 
 def _first_occurrence(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -482,15 +516,19 @@ def _find_or_download_test(root: Path, download: bool) -> tuple[Path, Path] | No
     return test_location
 
 
-def index_gtsrb(root, val_fraction: float, seed: int, download: bool = False) -> GtsrbIndex:
-    """Find (or download) the dataset, list its images and split train/val by whole tracks; decodes nothing."""
+def index_gtsrb(root, val_fraction: float, seed: int, download: bool = False, how: str = "tracks", folds: int = 0,
+                fold: int = 0) -> GtsrbIndex:
+    """Find (or download) the dataset, list its images and split train/val by whole tracks; decodes nothing.
+
+    ``how``, ``folds`` and ``fold`` choose the validation tracks (:func:`split_by_track`)."""
     root = Path(root).expanduser()
     train_dir = _find_or_download_train(root, download)
     test_location = _find_or_download_test(root, download)
     train = index_train(train_dir)
     if not train:
         raise UserError(f"no .ppm images in the class folders of {train_dir}; unpack the dataset again or set data.root=...")
-    _, val_idx = split_by_track([r.label for r in train], [r.group for r in train], val_fraction, seed)
+    _, val_idx = split_by_track([r.label for r in train], [r.group for r in train], val_fraction, seed, how, folds,
+                                fold)
     in_val = torch.zeros(len(train), dtype=torch.bool)
     in_val[val_idx] = True
     test = None if test_location is None else index_test(*test_location)
@@ -505,6 +543,9 @@ def load_gtsrb(
     download: bool = False,
     roi_crop: bool = False,
     on_corrupt: str = "error",
+    how: str = "tracks",
+    folds: int = 0,
+    fold: int = 0,
 ) -> dict[str, ImageSet]:
     """The real GTSRB as {"train", "val"[, "test"]} ImageSets, decoded once.
 
@@ -515,7 +556,7 @@ def load_gtsrb(
     divided by the index's split, so a skipped file never moves a track.
     """
     check_decode_settings(image_size, on_corrupt)
-    index = index_gtsrb(root, val_fraction, seed, download)
+    index = index_gtsrb(root, val_fraction, seed, download, how, folds, fold)
     images, kept = decode_images(index.train, image_size, roi_crop, on_corrupt)
     if not kept:
         raise UserError(f"none of the {len(index.train)} images under {index.train_dir} could be decoded; "
