@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -24,11 +24,14 @@ from gtsrb.search import space
 from test_train_cli import ROOT, TINY_RUN, run_train
 
 TOY_APP = '''
+import os, time
 import hydra, optuna
 from gtsrb.search.pruning import current_trial
 
 @hydra.main(config_path=".", config_name="toy", version_base="1.3")
 def main(cfg):
+    while cfg.wait_for and not os.path.exists(cfg.wait_for):  # lets a test hold trials until it is ready
+        time.sleep(0.05)
     if cfg.x > cfg.fail_above:
         raise RuntimeError(f"x={cfg.x} is above {cfg.fail_above}")
     trial = current_trial()  # the sweeper's trial, found through the environment
@@ -54,6 +57,7 @@ x: 0.0
 kind: a
 steps: 3
 fail_above: 10.0
+wait_for: null
 hydra:
   searchpath: [file://{ROOT / "conf"}]
   sweeper:
@@ -82,6 +86,14 @@ def toy(tmp_path):
         return proc, sweep_dir
 
     return run
+
+
+def _running(storage: str, name: str) -> int:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # not created yet
+        return 0
+    return len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def _trials(sweep_dir: Path) -> list[dict[str, str]]:
@@ -172,8 +184,15 @@ def test_a_stored_study_resumes_to_n_trials_not_n_trials_more(toy, tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_one_study(toy, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = ["hydra.sweeper.n_trials=8", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=shared"]
+    go = tmp_path / "go"
+    args = ["hydra.sweeper.n_trials=8", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=shared",
+            f"wait_for={go}"]
     workers = [toy(*args, sweep=name, wait=False) for name in ("w1", "w2")]
+    deadline = time.monotonic() + 240
+    while _running(storage, "shared") < 2:  # both workers have asked for a trial: let them go
+        assert time.monotonic() < deadline and all(p.poll() is None for p, _ in workers), "a worker did not start"
+        time.sleep(0.2)
+    go.touch()
     for proc, _ in workers:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-2000:] + err[-2000:]
@@ -255,3 +274,26 @@ def test_hparams_search_trains_prunes_and_resumes_a_study(tmp_path):
     with open(tmp_path / "b" / "summary.csv") as f:
         assert [(row["job"], row["status"]) for row in csv.DictReader(f)] == [("1", "pruned")]
     assert "study quickstart: 1 complete, 1 pruned, 0 fail" in proc.stdout
+
+
+def test_a_worker_that_loses_the_race_to_create_the_tables_loads_the_study(tmp_path, monkeypatch):
+    """Workers started together on a new database both create its tables; the loser retries and loads the study."""
+    import sqlalchemy.exc
+
+    from gtsrb.search.sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="race")
+    create, calls = optuna.create_study, []
+
+    def create_after_the_other_worker(**kwargs):
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            create(**kwargs)  # the other worker made the tables and the study ...
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return create(**kwargs)  # ... so this worker's retry finds them
+
+    monkeypatch.setattr(optuna, "create_study", create_after_the_other_worker)
+    monkeypatch.setattr("gtsrb.search.sweeper.time.sleep", lambda seconds: None)
+    study = sweeper._study()
+    assert study.study_name == "race" and calls == ["race", "race"]
+    assert [s.study_name for s in optuna.get_all_study_summaries(sweeper.storage)] == ["race"]

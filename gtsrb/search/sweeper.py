@@ -30,6 +30,7 @@ import csv
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,18 +127,34 @@ class OptunaSweeper(Sweeper):
                             "add hydra.sweeper.study_name=<name>")
 
     def _study(self) -> optuna.Study:
+        """Create the study, or load it where it exists. Workers that start together on a new database race to
+        create its tables and the study: the loser of either race retries and loads what the winner made."""
         import optuna
 
+        for wait in (0.5, 1.0, 2.0, None):
+            try:
+                return self._create_or_load(optuna)
+            except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+                return optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+                                         pruner=self.pruner)
+            except Exception as exc:  # sqlalchemy's "table ... already exists": another worker is creating them
+                if "already exists" not in str(exc) or wait is None:
+                    raise UserError(f"cannot open the study storage {self.storage}: {type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0]}") from exc
+                time.sleep(wait)
+
+    def _create_or_load(self, optuna) -> optuna.Study:
         try:
             return optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                                        pruner=self.pruner, direction=_DIRECTIONS[self.direction],
                                        load_if_exists=True)
-        except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
-            return optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
-                                     pruner=self.pruner)
+        except (optuna.exceptions.DuplicatedStudyError, UserError):
+            raise
         except ValueError as exc:  # e.g. a loaded study whose direction differs
             raise UserError(f"cannot open study {self.study_name} in {self.storage}: {exc}") from exc
         except Exception as exc:  # a storage URL that does not work
+            if "already exists" in str(exc):
+                raise
             raise UserError(f"cannot open the study storage {self.storage}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0]}; use e.g. hydra.sweeper.storage=sqlite:///study.db") from exc
 
