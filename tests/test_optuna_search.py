@@ -271,6 +271,7 @@ def test_hparams_search_trains_prunes_and_resumes_a_study(tmp_path):
     assert done["status"] == "completed" and done["best_score"] == study.trials[0].value
     assert f"optimizer.lr={study.trials[0].params['optimizer.lr']}" in done["overrides"]
     assert len(done["history"]) == 3
+    assert sorted(study.trials[0].intermediate_values) == [0, 1, 2]  # epochs only, not the final evaluation
     with open(tmp_path / "b" / "summary.csv") as f:
         assert [(row["job"], row["status"]) for row in csv.DictReader(f)] == [("1", "pruned")]
     assert "study quickstart: 1 complete, 1 pruned, 0 fail" in proc.stdout

@@ -50,10 +50,20 @@ def current_trial() -> optuna.Trial | None:
 
 
 def pruning_callbacks(monitor: str) -> list:
-    """``[PyTorchLightningPruningCallback]`` inside an Optuna search, ``[]`` otherwise."""
+    """``[PyTorchLightningPruningCallback]`` inside an Optuna search, ``[]`` otherwise.
+
+    It reports the epochs of ``fit`` only: the callback stays on the trainer that then validates the best
+    checkpoint, which is not one more epoch to report, nor a moment to prune a finished trial.
+    """
     trial = current_trial()
     if trial is None:
         return []
+    from lightning.pytorch.trainer.states import TrainerFn
     from optuna_integration import PyTorchLightningPruningCallback
 
-    return [PyTorchLightningPruningCallback(trial, monitor=monitor)]
+    class PruneDuringFit(PyTorchLightningPruningCallback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.state.fn == TrainerFn.FITTING:
+                super().on_validation_end(trainer, pl_module)
+
+    return [PruneDuringFit(trial, monitor=monitor)]
