@@ -228,7 +228,15 @@ class TrafficSignDataModule(L.LightningDataModule):
         if self.cfg.source == "gtsrb" and self.cfg.download:
             from gtsrb.data.gtsrb import index_gtsrb
 
-            index_gtsrb(self.cfg.root, self.cfg.val_fraction, self.cfg.split_seed, download=True)  # any split
+            index_gtsrb(self.cfg.root, **self._track_split, download=True)
+
+    @property
+    def _track_split(self) -> dict:
+        """Which GTSRB tracks are held out for validation (:func:`gtsrb.data.gtsrb.split_by_track`), as the
+        reader's keyword arguments: the same for downloading, decoding, the lazy path and the cache key."""
+        cfg = self.cfg
+        return {"val_fraction": cfg.val_fraction, "seed": cfg.split_seed, "how": cfg.val_split, "folds": cfg.folds,
+                "fold": cfg.fold}
 
     @property
     def lazy(self) -> bool:
@@ -246,9 +254,8 @@ class TrafficSignDataModule(L.LightningDataModule):
         else:
             settings = {"source": cfg.source, "root": str(Path(cfg.root).expanduser().resolve()),
                         "image_size": cfg.image_size, "roi_crop": cfg.roi_crop, "on_corrupt": cfg.on_corrupt,
-                        "preprocess": cfg.preprocess, "val_fraction": cfg.val_fraction,
-                        "split_seed": cfg.split_seed if cfg.source == "gtsrb" else None,
-                        "val_split": [cfg.val_split, cfg.folds, cfg.fold] if cfg.source == "gtsrb" else None}
+                        "preprocess": cfg.preprocess,
+                        "split": self._track_split if cfg.source == "gtsrb" else None}
             self.splits, self.class_names = load_or_build(cfg.cache_dir, settings,
                                                           source_files(cfg.source, cfg.root), self._decode)
         if cfg.source == "gtsrb" or (cfg.source == "synthetic" and cfg.num_classes == 43):
@@ -263,8 +270,7 @@ class TrafficSignDataModule(L.LightningDataModule):
 
         cfg = self.cfg
         if cfg.source == "gtsrb":
-            records = index_gtsrb(cfg.root, cfg.val_fraction, cfg.split_seed, download=False, how=cfg.val_split,
-                                  folds=cfg.folds, fold=cfg.fold).splits()
+            records = index_gtsrb(cfg.root, **self._track_split, download=False).splits()
             class_names = list(GTSRB_CLASS_NAMES)
         else:
             from gtsrb.data.folder import folder_records
@@ -279,9 +285,8 @@ class TrafficSignDataModule(L.LightningDataModule):
         if cfg.source == "gtsrb":
             from gtsrb.data.gtsrb import load_gtsrb
 
-            splits = load_gtsrb(cfg.root, cfg.image_size, cfg.val_fraction, cfg.split_seed, download=False,
-                                roi_crop=cfg.roi_crop, on_corrupt=cfg.on_corrupt, how=cfg.val_split,
-                                folds=cfg.folds, fold=cfg.fold)
+            splits = load_gtsrb(cfg.root, cfg.image_size, **self._track_split, download=False,
+                                roi_crop=cfg.roi_crop, on_corrupt=cfg.on_corrupt)
             class_names = list(GTSRB_CLASS_NAMES)
         elif cfg.source == "synthetic":
             from gtsrb.data.synthetic import make_synthetic
