@@ -127,8 +127,11 @@ def test_each_process_draws_its_own_reproducible_augmentation(make_cfg, monkeypa
 def test_preflight_accepts_the_arguments_lightning_starts_the_other_processes_with(tmp_path):
     """Lightning runs ``train.py`` again for each further process, with the user's arguments and its own."""
     user = ["experiment=quickstart", "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/my run"]
-    preflight([*user, f'hydra.run.dir="{tmp_path}/my run"', "hydra.job.name=train_ddp_process_1",
-               "hydra.output_subdir=null"], "train")
+    started = [*user, f'hydra.run.dir="{tmp_path}/my run"', "hydra.job.name=train_ddp_process_1",
+               "hydra.output_subdir=null"]
+    assert preflight(started, "train") is None  # it raises UserError on the first argument that cannot work
+    with pytest.raises(UserError, match="data.batch_size=0 is out of range"):  # and it does check this command line
+        preflight([*started, "data.batch_size=0"], "train")
 
 
 def test_a_process_started_for_a_sweep_job_runs_that_job_alone(monkeypatch, tmp_path):

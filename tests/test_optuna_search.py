@@ -32,6 +32,8 @@ from gtsrb.search.pruning import current_trial
 def main(cfg):
     while cfg.wait_for and not os.path.exists(cfg.wait_for):  # lets a test hold trials until it is ready
         time.sleep(0.05)
+    if cfg.interrupt_at == current_trial().number:  # Ctrl+C in the middle of this trial
+        raise KeyboardInterrupt
     if cfg.x > cfg.fail_above:
         raise RuntimeError(f"x={cfg.x} is above {cfg.fail_above}")
     trial = current_trial()  # the sweeper's trial, found through the environment
@@ -58,6 +60,7 @@ kind: a
 steps: 3
 fail_above: 10.0
 wait_for: null
+interrupt_at: -1
 hydra:
   searchpath: [file://{ROOT / "conf"}]
   sweeper:
@@ -179,6 +182,19 @@ def test_a_stored_study_resumes_to_n_trials_not_n_trials_more(toy, tmp_path):
     # the resumed run's jobs are named by trial number: no directory of the first run is reused
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["3", "4"]
     assert "study toy: 5 complete" in proc.stdout
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_marks_the_trial_in_flight_failed_and_resumes(toy, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = [f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=cut", "hydra/sweeper/pruner=none"]
+    proc, _ = toy(*args, "hydra.sweeper.n_trials=5", "interrupt_at=2", sweep="a", check=False)
+    assert proc.returncode != 0
+    states = [t.state.name for t in optuna.load_study(study_name="cut", storage=storage).trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # not left RUNNING, where it would count forever
+    toy(*args, "hydra.sweeper.n_trials=5", sweep="b")
+    states = [t.state.name for t in optuna.load_study(study_name="cut", storage=storage).trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 
 @pytest.mark.slow
