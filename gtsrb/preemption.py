@@ -22,21 +22,49 @@ requeues without SIGUSR1 (``PreemptMode=REQUEUE``) sends only SIGTERM, and a
 lost node leaves only ``last.ckpt``; so a requeued job, started again in the
 same directory, resumes from :func:`newest_checkpoint`, not from Lightning's
 ``ckpt_path="hpc"``, which prefers any ``hpc_ckpt`` however old.
+
+A SIGTERM or Ctrl+C that arrives while an epoch's validation runs is held
+until that validation has finished; a second Ctrl+C stops at once. Without the
+hold, Lightning stops after the current validation batch, and a run resumed from
+there skips the rest of that validation: the epoch ends with no ``val/*`` metric,
+and early stopping fails on its first check (Lightning issue 18595). Stopping
+right after validation has the same flaw. Validation has no state worth saving
+halfway, because the metrics' running sums are not in the checkpoint. So the run
+is saved at the next boundary Lightning resumes from correctly: the end of the
+epoch, or the next training batch when validation runs mid-epoch. Validating the
+3,900 held-out GTSRB images takes seconds, well inside SLURM's grace period.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a process ended by the signal
+EXIT_CTRL_C = 1  # what Lightning exits with after Ctrl+C
+
+
+@contextlib.contextmanager
+def exit_when_interrupted(preemption: PreemptionCheckpoint) -> Iterator[None]:
+    """Lightning ends a run on SIGTERM with ``SIGTERMException``, a ``SystemExit`` without a code, which exits 0 as
+    if the run had succeeded; a scheduler must see 143 (and a held Ctrl+C what Lightning's own Ctrl+C exits with).
+    Wraps training and the final evaluation alike."""
+    try:
+        yield
+    except SIGTERMException:
+        raise SystemExit(preemption.exit_code) from None
 
 
 def resume_command(overrides: list[str], ckpt_path: str) -> str:
@@ -64,19 +92,84 @@ def newest_checkpoint(run_dir: Path) -> str | None:
 
 
 class PreemptionCheckpoint(OnExceptionCheckpoint):
+    """Saves ``checkpoints/interrupted.ckpt`` on SIGTERM or Ctrl+C, each held until the validation under way ends.
+
+    A second Ctrl+C during validation stops at once; that state cannot be resumed (the module docstring says why),
+    so nothing is saved and the message points to ``last.ckpt``, the end of the epoch before.
+    """
+
     def __init__(self, dirpath: str, overrides: list[str]) -> None:
         super().__init__(dirpath, filename="interrupted")
         self.overrides = overrides
+        self._held_sigterm = False
+        self._held_ctrl_c = False
+        self._sigint_handler_before: Any = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if _validating_in_fit(trainer) and threading.current_thread() is threading.main_thread():
+            self._sigint_handler_before = signal.signal(signal.SIGINT, self._hold_ctrl_c)
+
+    def _hold_ctrl_c(self, signum: int, frame: Any) -> None:
+        if self._held_ctrl_c:
+            raise KeyboardInterrupt  # pressed twice: stop now
+        self._held_ctrl_c = True
+        print("Ctrl+C: stopping when this validation ends (press it again to stop now)", file=sys.stderr, flush=True)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Lightning keeps the SIGTERM flag, which has no public setter, in its signal connector and checks it right
+        after this hook."""
+        connector = getattr(trainer, "_signal_connector", None)
+        if _validating_in_fit(trainer) and getattr(connector, "received_sigterm", False):
+            connector.received_sigterm = False
+            self._held_sigterm = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint_handler()
+        if self._held_sigterm or self._held_ctrl_c:
+            # Lightning's SIGTERM path stops at the end of the epoch, or after the next training batch: states it
+            # resumes from. (Stopping here would not do: a run resumed after validation but before the epoch's end
+            # skips the epoch's validation as well.)
+            trainer._signal_connector.received_sigterm = True
+            self._held_sigterm = False
+
+    def _restore_sigint_handler(self) -> None:
+        if self._sigint_handler_before is not None:
+            signal.signal(signal.SIGINT, self._sigint_handler_before)
+            self._sigint_handler_before = None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint_handler()
+
+    @property
+    def exit_code(self) -> int:
+        """What the process exits with once this callback has saved the run."""
+        return EXIT_CTRL_C if self._held_ctrl_c else EXIT_SIGTERM
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> Any:
+        if isinstance(exception, KeyboardInterrupt):
+            self._sigint_handler_before = None  # Lightning ignores further Ctrl+C while it shuts down; leave it so
+        self._restore_sigint_handler()
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        cause = "Ctrl+C" if isinstance(exception, KeyboardInterrupt) or self._held_ctrl_c else "SIGTERM"
+        if _validating_in_fit(trainer):  # stopped halfway through validation: not a state to resume from
+            if trainer.is_global_zero:
+                last = Path(self.dirpath) / "last.ckpt"
+                where = f"resume from the end of the epoch before with ckpt_path={last}" if last.is_file() else \
+                    "no epoch had finished, so there is nothing to resume"
+                print(f"interrupted by {cause} during the validation of epoch {trainer.current_epoch}, which cannot "
+                      f"resume halfway; {where}", file=sys.stderr, flush=True)
             return
         super().on_exception(trainer)
         if trainer.is_global_zero:
-            cause = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl+C"
             print(f"interrupted by {cause} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
                   f"saved {self.ckpt_path}\nresume with: {resume_command(self.overrides, self.ckpt_path)}",
                   file=sys.stderr, flush=True)
             if SLURMEnvironment.detect():
                 print("on SLURM a requeued job resumes from the newest checkpoint of its run directory by itself",
                       file=sys.stderr, flush=True)
+
+
+def _validating_in_fit(trainer: L.Trainer) -> bool:
+    """The validation of an epoch (or the sanity check before the first), not ``trainer.validate`` after ``fit``."""
+    return trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking)

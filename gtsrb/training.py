@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +26,7 @@ from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.metrics import accuracy_interval
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
-from gtsrb.preemption import EXIT_SIGTERM, PreemptionCheckpoint, newest_checkpoint
+from gtsrb.preemption import PreemptionCheckpoint, exit_when_interrupted, newest_checkpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 from gtsrb.search.pruning import pruning_callbacks
 
@@ -113,24 +113,24 @@ def train(cfg: DictConfig) -> float:
 
     history = EpochHistory()
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss(),
-                 PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides()), *pruning_callbacks(cfg.monitor)]
+    preemption = PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides())
+    callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss(), preemption,
+                 *pruning_callbacks(cfg.monitor)]
     trainer = _build_trainer(cfg, callbacks, loggers, out)
-    try:
+    with exit_when_interrupted(preemption):  # PreemptionCheckpoint saved the run and printed how to resume it
         # a run started again in its own directory (a requeued SLURM job) resumes where it was
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or newest_checkpoint(out))
-    except SIGTERMException:  # PreemptionCheckpoint saved the run and printed how to resume it
-        raise SystemExit(EXIT_SIGTERM) from None
-    if trainer.interrupted:
-        raise UserError("training was interrupted; resume it with ckpt_path=" + str(out / "checkpoints" / "last.ckpt"))
+        if trainer.interrupted:
+            raise UserError("training was interrupted; resume it with ckpt_path="
+                            + str(out / "checkpoints" / "last.ckpt"))
 
-    epochs = list(history.history)  # copied now: loading the best checkpoint below restores the callback's state
-    # the ModelCheckpoint's best (trainer.checkpoint_callback may be the PreemptionCheckpoint when there is none)
-    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), "")
-    ckpt = best or None  # fast_dev_run and runs without checkpointing evaluate the weights in memory
-    final = {"val": _only_metrics(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))}
-    if cfg.test and datamodule.has_split("test"):
-        final["test"] = _only_metrics(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))
+        epochs = list(history.history)  # copied now: loading the best checkpoint below restores the callback's state
+        # the ModelCheckpoint's best (trainer.checkpoint_callback may be the PreemptionCheckpoint when there is none)
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), "")
+        ckpt = best or None  # fast_dev_run and runs without checkpointing evaluate the weights in memory
+        final = {"val": _only_metrics(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))}
+        if cfg.test and datamodule.has_split("test"):
+            final["test"] = _only_metrics(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False))
 
     score = final["val"].get(cfg.monitor)
     report = {

@@ -1,6 +1,6 @@
 """Runs and sweeps that survive failures: every grid job checked before the first starts, a job that fails at
 run time recorded as failed while the others run, a NaN loss stopped at once with one line, and a run ended by
-SIGTERM saved with the command that resumes it."""
+SIGTERM or Ctrl+C saved with the command that resumes it, also when the signal comes during validation."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 
@@ -119,3 +120,98 @@ def test_sigterm_saves_where_the_run_was_and_the_printed_command_resumes_it(tmp_
     assert report["history"][-1]["epoch"] == epoch + 1 and report["history"][-1]["step"] > step
     assert [row["epoch"] for row in report["history"]][:epoch] == list(range(epoch))  # the epochs before, kept
     assert not (run_dir / "metrics.json").exists()  # the interrupted run is left as it was
+
+
+class _SignalDuringValidation(L.Callback):
+    """Sends this process ``signum`` (``times`` times) at the first batch of epoch 1's validation."""
+
+    def __init__(self, signum: int, times: int) -> None:
+        self.signum, self.times, self.sent = signum, times, False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.current_epoch == 1 and batch_idx == 0 and not trainer.sanity_checking and not self.sent:
+            self.sent = True
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 1)], ids=["sigterm", "ctrl-c"])
+def test_an_interruption_during_validation_is_saved_after_it_and_resumes(signum, exit_code, make_cfg, monkeypatch,
+                                                                         capsys, one_thread):
+    """Lightning would stop after the current validation batch, and the resumed run would skip that validation and
+    fail in early stopping (no val/acc). The signal is held until validation ends; the run is saved at the end of
+    the epoch, and resuming trains the remaining epochs with the history of the first two kept."""
+    import gtsrb.training
+    from gtsrb.training import build_callbacks, train
+
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
+        _SignalDuringValidation(signum, times=1), *build_callbacks(cfg, with_logger)])
+    run = ["trainer.fast_dev_run=false", "trainer.max_epochs=4", "callbacks.progress_bar=null",
+           "+trainer.enable_progress_bar=false"]
+    cfg = make_cfg(*run)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert stopped.value.code == exit_code
+    saved = Path(cfg.output_dir) / "checkpoints" / "interrupted.ckpt"
+    state = torch.load(saved, weights_only=False)
+    assert state["epoch"] == 2  # epoch 1 finished, its validation included
+    kept = state["callbacks"]["EpochHistory"]["history"]
+    assert [row["epoch"] for row in kept] == [0, 1] and all("val/acc" in row for row in kept)
+    cause = "SIGTERM" if signum == signal.SIGTERM else "Ctrl+C"
+    assert f"interrupted by {cause} at epoch 2" in capsys.readouterr().err
+
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", build_callbacks)
+    resumed = make_cfg(*run, f"ckpt_path={saved}")
+    train(resumed)
+    report = json.loads((Path(resumed.output_dir) / "metrics.json").read_text())
+    assert [row["epoch"] for row in report["history"]] == [0, 1, 2, 3] and report["history"][:2] == kept
+
+
+def test_ctrl_c_twice_during_validation_stops_at_once_and_points_to_the_epoch_before(make_cfg, monkeypatch, capsys,
+                                                                                    one_thread):
+    """The second Ctrl+C stops in the middle of validation, a state that cannot resume: nothing is saved as
+    interrupted.ckpt, and the message names last.ckpt, the end of epoch 0, which resumes."""
+    import gtsrb.training
+    from gtsrb.training import build_callbacks, train
+
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
+        _SignalDuringValidation(signal.SIGINT, times=2), *build_callbacks(cfg, with_logger)])
+    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=3", "callbacks.progress_bar=null",
+                   "+trainer.enable_progress_bar=false")
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl+C after the first one
+    assert stopped.value.code == 1
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    assert not (checkpoints / "interrupted.ckpt").exists()
+    err = capsys.readouterr().err
+    assert f"interrupted by Ctrl+C during the validation of epoch 1, which cannot resume halfway; resume from the " \
+           f"end of the epoch before with ckpt_path={checkpoints / 'last.ckpt'}" in err
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 0
+
+
+class _SigtermDuringTest(L.Callback):
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_the_final_test_exits_143_not_0(make_cfg, monkeypatch, one_thread):
+    """Lightning's SIGTERMException is a SystemExit without a code: uncaught it would tell a scheduler that the run
+    succeeded, with no metrics.json written."""
+    import gtsrb.training
+    from gtsrb.training import build_callbacks, train
+
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
+        _SigtermDuringTest(), *build_callbacks(cfg, with_logger)])
+    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+                   "+trainer.enable_progress_bar=false")
+    with pytest.raises(SystemExit) as stopped:
+        train(cfg)
+    assert stopped.value.code == 143
+    assert not (Path(cfg.output_dir) / "metrics.json").exists()
