@@ -82,6 +82,12 @@ class MixupConfig:
 
 
 @dataclass
+class WeightAveragingConfig:
+    name: str = "none"  # none | ema (gtsrb/averaging.py)
+    decay: float = 0.999  # ema: averages about the last 1 / (1 - decay) optimiser steps
+
+
+@dataclass
 class FinetuningConfig:
     name: str = "two_phase"
     unfreeze_at_epoch: Optional[int] = 1  # null: the backbone stays frozen (linear probe)
@@ -118,6 +124,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
+    weight_averaging: WeightAveragingConfig = field(default_factory=WeightAveragingConfig)
     finetuning: FinetuningConfig = field(default_factory=FinetuningConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -146,6 +153,7 @@ _CHOICES = {
     "data.augment_on": ("batch", "sample"),
     "data.preprocess": ("none", "autocontrast", "equalize", "clahe"),
     "model.compile": ("off", "gpu", "on"),
+    "weight_averaging.name": ("none", "ema"),
     "augmentation.hflip": ("none", "label_safe", "any"),
     "augmentation.auto_augment": (None, "randaugment", "trivialaugment"),
     "optimizer.name": ("adamw", "sgd"),
@@ -173,6 +181,7 @@ _RANGES = {  # key: (low, high), inclusive
     "mixup.mixup_alpha": (0.0, 10.0),
     "mixup.cutmix_alpha": (0.0, 10.0),
     "mixup.prob": (0.0, 1.0),
+    "weight_averaging.decay": (0.0, 0.99999),
     "finetuning.unfreeze_at_epoch": (0, 100_000),
     "finetuning.unfreeze_blocks": (1, 1000),
     "finetuning.backbone_lr_ratio": (0.0, 10.0),

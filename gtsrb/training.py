@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from gtsrb.averaging import EMA
 from gtsrb.config import validate
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
@@ -38,13 +39,16 @@ def is_pretrained(cfg: DictConfig) -> bool:
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callback]:
-    """The callbacks of ``conf/callbacks`` plus fine-tuning, which only makes sense on pretrained weights.
+    """The callbacks of ``conf/callbacks``, weight averaging, and fine-tuning, which only makes sense on pretrained
+    weights.
 
     Without a logger (``logger=none``) there is nowhere to log learning rates to, so the LR monitor is left out.
     """
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not with_logger:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.weight_averaging.name == "ema":
+        callbacks.append(EMA(decay=cfg.weight_averaging.decay))
     ft = cfg.finetuning
     if ft.name != "full":
         if is_pretrained(cfg):
