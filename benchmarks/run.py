@@ -169,13 +169,21 @@ def bench_pipeline(args, model: str, size: int) -> dict:
 
 
 def bench_precision(args, model: str, size: int) -> dict:
-    """The model step alone in fp32/bf16 x NCHW/NHWC, alternating in rounds: what conf/trainer picks from."""
+    """The model step alone in fp32/bf16 x NCHW/NHWC, alternating in rounds: what conf/trainer picks from.
+
+    With ``--compile`` also both precisions NHWC under torch.compile, whose inductor backend generates its own
+    kernels around oneDNN's convolutions (fused casts, pointwise ops): the path where bf16 might pay on CPU.
+    """
     torch.manual_seed(0)
     images, labels = torch.randn(args.batch_size, 3, size, size), torch.randint(0, 43, (args.batch_size,))
     variants = {f"{'bf16' if bf16 else 'fp32'} {'NHWC' if cl else 'NCHW'}": Stepper(model, cl, bf16)
                 for bf16 in (False, True) for cl in (False, True)}
-    for step in variants.values():
-        timed_steps(lambda: step(images, labels), 2)
+    if args.compile:
+        variants |= {f"{'bf16' if bf16 else 'fp32'} NHWC compiled": Stepper(model, True, bf16, compile=True)
+                     for bf16 in (False, True)}
+    for name, step in variants.items():  # warm-up: kernels, and the compiling
+        print("precision", model, size, name, "warm-up seconds (3 steps):",
+              round(timed_steps(lambda: step(images, labels), 3), 1), flush=True)
     seconds = {name: 0.0 for name in variants}
     rounds = []
     for r in range(args.rounds):
@@ -302,7 +310,9 @@ def summarise_recipe(run_dirs: list[Path], target: float) -> dict:
         metrics = json.loads((run / "metrics.json").read_text())
         clock = json.loads((run / "clock.json").read_text())
         first = next((row for row in clock if row["val_acc"] >= target), None)
+        data = metrics["config"]["data"]
         runs.append({"run": str(run), "seed": metrics["config"]["seed"], "best_val_acc": metrics["best_score"],
+                     "val_split": data.get("val_split", "tracks"),
                      "last_val_acc": clock[-1]["val_acc"], "wall_s": metrics["seconds"], "epochs": len(clock),
                      "time_to_target_s": None if first is None else first["since_process_start_s"],
                      "loadavg_during": [row["loadavg"][0] for row in clock]})
@@ -353,7 +363,8 @@ def markdown(report: dict) -> str:
                   f"| framework overhead | our Lightning loop | {o['lightning_img_s']} | {o['lightning_vs_plain']:.3f} | |"]
     if "recipe" in report:
         r = report["recipe"]
-        lines += ["", f"Recipe `experiment={a['recipe']}` (validation split: whole tracks held out):", "",
+        splits = ", ".join(sorted({run["val_split"] for run in r["runs"]}))
+        lines += ["", f"Recipe `experiment={a['recipe']}` (validation split: `data.val_split={splits}`):", "",
                   "| seed | best val acc (checkpoint kept) | last-epoch val acc | time to " + f"{r['target']:.0%}"
                   + " val (s) | wall time (s) | load avg per epoch |",
                   "|---:|---:|---:|---:|---:|---|"]
@@ -382,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="pipeline: also ours with torch.compile (about a minute of compiling per model)")
+                        help="pipeline and precision: also torch.compile contenders (about a minute of compiling each)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="steps per contender per round (pipeline)")
     parser.add_argument("--overhead-steps", type=int, default=30, help="steps per round (framework overhead)")

@@ -28,7 +28,7 @@ class DataConfig:
     num_workers: int = 0
     val_fraction: float = 0.15  # gtsrb: share of each class's tracks held out for validation
     split_seed: int = 0  # gtsrb: which tracks are held out; fixed apart from `seed` so runs compare on one split
-    val_split: str = "tracks"  # gtsrb: tracks (drawn at random) | blocks (runs of consecutive tracks) held out
+    val_split: str = "blocks"  # gtsrb: blocks (runs of consecutive tracks) | tracks (drawn at random) held out
     folds: int = 0  # gtsrb: k-fold cross-validation over tracks (0: off; val_fraction then 1/k)
     fold: int = 0  # gtsrb: the fold held out, 0..folds-1
     balanced_sampling: bool = False  # draw training batches with equal class frequencies

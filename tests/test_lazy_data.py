@@ -216,7 +216,7 @@ def test_lazy_folder_trains_and_evaluates_like_in_memory(make_cfg, image_folder,
         assert metrics[False][key] == metrics[True][key]
 
 
-@pytest.mark.parametrize("split", [{"val_split": "blocks"}, {"folds": 2, "fold": 1}])
+@pytest.mark.parametrize("split", [{"val_split": "tracks"}, {"folds": 2, "fold": 1}])
 def test_the_validation_protocol_reaches_both_loading_paths_and_the_cache_key(gtsrb_root, tmp_path, split):
     """data.val_split / folds choose other tracks, in memory and lazily alike, and a cached dataset of another
     protocol is not reused."""
