@@ -230,3 +230,17 @@ def test_tta_reads_a_mirrored_sign_as_its_mirror_twin():
     averaged = tta_logits(LeftOrRight(), image, flip_map=[1, 0, -1], shift=0)
     # the mirrored view says 'right', which is evidence for 'left': both views agree exactly
     assert torch.allclose(averaged, LeftOrRight()(image).log_softmax(dim=1), atol=1e-5)
+
+
+def test_a_checkpoint_from_before_val_split_keeps_the_tracks_it_was_validated_on():
+    """The default protocol changed to blocks; a checkpoint that does not name its split was split by random tracks,
+    and evaluating its val split on blocks would score tracks it trained on."""
+    from omegaconf import OmegaConf
+
+    from gtsrb.evaluation.run import data_config
+
+    old = {"datamodule_hyper_parameters": {"data": {"source": "gtsrb", "root": "data"}, "seed": 3}}
+    assert data_config(old, OmegaConf.create({}))[0]["val_split"] == "tracks"
+    assert data_config(old, OmegaConf.create({"val_split": "blocks"}))[0]["val_split"] == "blocks"
+    new = {"datamodule_hyper_parameters": {"data": {"source": "gtsrb", "val_split": "blocks"}}}
+    assert data_config(new, OmegaConf.create({}))[0]["val_split"] == "blocks"

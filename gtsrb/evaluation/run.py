@@ -46,6 +46,9 @@ def data_config(ckpt: dict[str, Any], overrides: DictConfig) -> tuple[dict, dict
         raise UserError("the checkpoint does not say which data it was trained on; give it, "
                         "e.g. data.source=gtsrb data.root=data")
     data = {**saved.get("data", {}), **given}
+    if "data" in saved and "val_split" not in saved["data"]:
+        # trained before data.val_split existed: its tracks were drawn at random, whatever the default is now
+        data.setdefault("val_split", "tracks")
     return data, dict(saved.get("augmentation") or {}), int(saved.get("seed", 0))
 
 
