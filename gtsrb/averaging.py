@@ -18,9 +18,9 @@ from other weights than ``evaluate.py``'s. :class:`EMA` drops the average when
 ``state_dict``, the average, as every later command does.
 
 ``decay`` sets the horizon: the average spans about ``1 / (1 - decay)``
-optimiser steps (0.99: the last 100). A horizon of about a tenth of the run
-suits the short CPU recipes, whose OneCycle schedule already anneals the
-learning rate towards zero at the end.
+optimiser steps (0.99: the last 100). Under OneCycle, which anneals the
+learning rate towards zero, the average mostly helps the middle of a run, not
+its end (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ right after validation has the same flaw. Validation has no state worth saving
 halfway, because the metrics' running sums are not in the checkpoint. So the run
 is saved at the next boundary Lightning resumes from correctly: the end of the
 epoch, or the next training batch when validation runs mid-epoch. Validating the
-3,900 held-out GTSRB images takes seconds, well inside SLURM's grace period.
+few thousand held-out GTSRB images takes seconds, well inside SLURM's grace period.
 """
 
 from __future__ import annotations
