@@ -27,6 +27,7 @@ from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.metrics import accuracy_interval
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
+from gtsrb.precision import FASTEST, resolve_precision
 from gtsrb.preemption import PreemptionCheckpoint, exit_when_interrupted, newest_checkpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 from gtsrb.search.pruning import pruning_callbacks
@@ -113,6 +114,7 @@ def train(cfg: DictConfig) -> float:
                                   channels_last=cfg.channels_last, monitor=cfg.monitor,
                                   monitor_mode=cfg.monitor_mode)
     check_image_size(model, cfg.data.image_size, cfg.model.name)
+    probe = _resolve_fastest_precision(model, cfg)
     _maybe_compile(model, cfg)
 
     history = EpochHistory()
@@ -152,6 +154,8 @@ def train(cfg: DictConfig) -> float:
         "history": epochs,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if probe:
+        report["precision_probe_s_per_step"] = probe
     if trainer.is_global_zero:  # under DDP every process has the same report (metrics reduced over all); one writes
         write_json(out / "metrics.json", report)
         _log_hparams(loggers, report)
@@ -213,6 +217,21 @@ def _build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list, 
                         f"gives one device ({trainer.strategy.root_device.type}); set trainer.devices=2 or more (GPUs, "
                         "or CPU processes with trainer.accelerator=cpu), or train on one device with trainer=auto")
     return trainer
+
+
+def _resolve_fastest_precision(model: TrafficSignClassifier, cfg: DictConfig) -> dict[str, float]:
+    """``trainer.precision=fastest``: measure (:mod:`gtsrb.precision`) and write the winner into the config, so
+    ``metrics.json`` and the logged hyperparameters say what the run trained in. Returns the probe's timings."""
+    if cfg.trainer.get("precision") != FASTEST:
+        return {}
+    if "ddp" in str(cfg.trainer.get("strategy", "")):  # each process would measure, and might choose, on its own
+        raise UserError("trainer.precision=fastest measures one process, but trainer.strategy="
+                        f"{cfg.trainer.strategy} starts several; set trainer.precision=32-true or bf16-mixed")
+    size = cfg.data.image_size
+    precision, seconds = resolve_precision(model.model, (cfg.data.batch_size, 3, size, size), cfg.channels_last,
+                                           cfg.trainer.get("accelerator"))
+    cfg.trainer.precision = precision
+    return seconds
 
 
 def _maybe_compile(model: TrafficSignClassifier, cfg: DictConfig) -> None:
