@@ -16,7 +16,7 @@ from gtsrb.cli import CONF_DIR
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
 from gtsrb.explain.callback import GradCamCallback
-from gtsrb.explain.gradcam import GradCAM, find_target_layer
+from gtsrb.explain.gradcam import GradCAM, find_target_layer, to_input_frame
 from gtsrb.explain.callback import diverse_indices
 from gtsrb.models import build_model
 from gtsrb.models.simple_cnn import SimpleCNN
@@ -82,6 +82,30 @@ def test_target_layer_is_found_for_every_configured_model(name):
     explained = GradCAM(model, method="gradcam++")(torch.randn(2, 3, 32, 32))
     assert explained.heatmaps.shape == (2, 32, 32) and torch.isfinite(explained.heatmaps).all()
     assert explained.logits.shape == (2, 5)
+
+
+def _behind_a_fixed_transform(theta: list[float]) -> SimpleCNN:
+    net = SimpleCNN(num_classes=2, widths=(8, 16), stn=True)
+    with torch.no_grad():  # zero weights: every image gets the bias as its transform
+        net.stn.theta.bias.copy_(torch.tensor(theta))
+    return net.eval()
+
+
+def test_heat_behind_a_spatial_transformer_is_moved_back_onto_the_input_pixels():
+    images = torch.randn(2, 3, 32, 32)
+    # output pixel (u, v) shows input pixel (u + 0.5, v) in normalised coordinates: a shift by 8 pixels
+    shifted = _behind_a_fixed_transform([1.0, 0.0, 0.5, 0.0, 1.0, 0.0])
+    peak = torch.zeros(2, 32, 32)
+    peak[:, 15:17, 15:17] = 1.0  # heat at the centre of what the classifier saw
+    moved = to_input_frame(shifted, images, peak)
+    row, col = divmod(int(moved[0].argmax()), 32)
+    assert 14 <= row <= 17 and 22 <= col <= 25  # the centre of what it saw is 8 pixels right of the input's
+    # a 2x zoom on the centre: the whole of what it saw is the input's middle half; the rest gets no heat
+    zoomed = to_input_frame(_behind_a_fixed_transform([0.5, 0.0, 0.0, 0.0, 0.5, 0.0]), images, torch.ones(2, 32, 32))
+    assert torch.allclose(zoomed[:, 9:23, 9:23], torch.ones(2, 14, 14), atol=1e-5)
+    assert zoomed[:, :6].max() == 0 and zoomed[:, :, 26:].max() == 0
+    # any other network's maps are left as they are
+    assert torch.equal(to_input_frame(SimpleCNN(num_classes=2), images, peak), peak)
 
 
 def test_target_layer_can_be_overridden_and_a_wrong_name_is_one_line():

@@ -17,6 +17,11 @@ the middle of training (see :mod:`gtsrb.explain.callback`):
   (a fresh copy) requires a gradient, even with a frozen backbone;
 * the global RNG state is saved and restored;
 * the hook is removed even when something fails.
+
+A network behind a spatial transformer (``simple_cnn_stn``) computes its
+feature maps on the resampled image, not on the one it was given: its maps are
+taken back through the inverse of each image's predicted transform
+(:func:`to_input_frame`), so the heat lands on the pixels of the input image.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gtsrb.errors import UserError
+from gtsrb.models.stn import SpatialTransformer
 
 METHODS = ("gradcam", "gradcam++")
 
@@ -130,6 +136,7 @@ class GradCAM:
             handle.remove()
         cam = self._combine(activation.detach().float(), grads.float())
         cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        cam = to_input_frame(timm_model(self.model), x.detach(), cam)
         peak = cam.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]
         return (cam / peak).clamp(0, 1).cpu(), logits.detach().float().cpu(), classes.cpu()
 
@@ -143,3 +150,21 @@ class GradCAM:
             alpha = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
             weights = (alpha * grads.clamp(min=0)).sum(dim=(2, 3))
         return F.relu((weights[:, :, None, None] * acts).sum(dim=1))
+
+
+def to_input_frame(net: nn.Module, images: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """Heat maps ``[N, H, W]`` of a network behind a :class:`SpatialTransformer`, moved from the resampled image
+    back onto ``images`` (unchanged for any other network).
+
+    The transformer samples its output at ``theta @ (u, v, 1)`` of the input; a map on the output is read back at
+    ``inverse(theta) @ (x, y, 1)`` for each input pixel; input pixels the transformer cropped away get no heat.
+    """
+    stn = getattr(net, "stn", None)
+    if not isinstance(stn, SpatialTransformer):
+        return cam
+    with torch.no_grad():
+        theta = stn.transform(images).float().cpu()
+    last_row = torch.tensor([0.0, 0.0, 1.0]).expand(len(theta), 1, 3)
+    inverse = torch.linalg.pinv(torch.cat([theta, last_row], dim=1))[:, :2]  # pinv: a collapsed transform is no error
+    grid = F.affine_grid(inverse.to(cam.device), [len(cam), 1, *cam.shape[-2:]], align_corners=False)
+    return F.grid_sample(cam[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]

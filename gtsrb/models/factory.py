@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 SIMPLE_CNN = "simple_cnn"
 # The project's own networks (no pretrained weights): model name -> (class, keyword arguments).
-FROM_SCRATCH = {SIMPLE_CNN: (SimpleCNN, {}), **{n: (SmallResNet, kw) for n, kw in SMALL_RESNETS.items()}}
+FROM_SCRATCH = {SIMPLE_CNN: (SimpleCNN, {}), "simple_cnn_stn": (SimpleCNN, {"stn": True}),
+                **{n: (SmallResNet, kw) for n, kw in SMALL_RESNETS.items()}}
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None,

@@ -1,7 +1,8 @@
 """A small from-scratch CNN: the baseline every pretrained model has to beat.
 
 Three VGG-style stages (two 3x3 conv-BN-ReLU layers, then 2x2 max-pool) are
-enough for 32-48 px traffic signs. It speaks timm's model API
+enough for 32-48 px traffic signs. ``simple_cnn_stn`` puts a spatial transformer
+(:mod:`gtsrb.models.stn`) in front of them. It speaks timm's model API
 (through :class:`~gtsrb.models.head.PooledClassifier`) so the rest of the
 framework never special-cases it.
 """
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from gtsrb.models.head import PooledClassifier
+from gtsrb.models.stn import SpatialTransformer
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -20,8 +22,9 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 class SimpleCNN(PooledClassifier):
     def __init__(self, num_classes: int = 43, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128),
-                 drop_rate: float = 0.2, **_: object) -> None:
+                 drop_rate: float = 0.2, stn: bool = False, **_: object) -> None:
         super().__init__()
+        self.stn = SpatialTransformer(in_chans) if stn else nn.Identity()
         stages, cin = [], in_chans
         for width in widths:
             stages.append(nn.Sequential(*_conv_bn_relu(cin, width), *_conv_bn_relu(width, width), nn.MaxPool2d(2)))
@@ -33,4 +36,4 @@ class SimpleCNN(PooledClassifier):
         self._init_head(cin, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x)
+        return self.stages(self.stn(x))
