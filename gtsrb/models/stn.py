@@ -42,4 +42,10 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = F.affine_grid(self.transform(x), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        # grid_sample returns NCHW; the convolutions after it were set up for the input's layout (channels_last)
+        return out.contiguous(memory_format=torch.channels_last) if _is_nhwc(x) else out
+
+
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
