@@ -42,6 +42,9 @@ def sharp_predictor(model_name: str, images_seed: int = 1) -> tuple[Predictor, t
     torch.manual_seed(0)
     model = TrafficSignClassifier(cfg, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}, {"name": "none"},
                                   [f"class {i}" for i in range(43)]).eval()
+    stn = getattr(model.model, "stn", None)
+    if hasattr(stn, "theta"):  # a spatial transformer starts as the identity: compare on resampled images
+        torch.nn.init.normal_(stn.theta.weight, std=0.05)
     predictor = Predictor(model, InputSpec(max(32, min_input_size(model.model))), batch_size=64, device="cpu")
     images = make_synthetic(6, predictor.spec.image_size, seed=images_seed).images[:256]
     model.temperature.fill_(float(predictor.logits(images).std()) / 4)
