@@ -29,14 +29,15 @@ CONTENDERS = ("32-true", "bf16-mixed")
 MARGIN = 1.05  # bf16 must be at least 5% faster per step to be chosen
 
 
-def on_gpu(accelerator: str | None) -> bool:
+def trains_on_gpu(accelerator: str | None) -> bool:
+    """Whether Lightning will train on a CUDA device with ``trainer.accelerator`` (null means auto)."""
     return torch.cuda.is_available() and (accelerator or "auto") in ("auto", "gpu", "cuda")
 
 
 def resolve_precision(network: nn.Module, batch_shape: tuple[int, ...], channels_last: bool,
                       accelerator: str | None, rounds: int = 3, steps: int = 2) -> tuple[str, dict[str, float]]:
     """The Lightning precision to train in, and the measured seconds per step of each contender (empty on GPU)."""
-    if on_gpu(accelerator):
+    if trains_on_gpu(accelerator):
         return ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"), {}
     seconds = time_steps(network, batch_shape, channels_last, rounds, steps)
     fp32, bf16 = seconds["32-true"], seconds["bf16-mixed"]

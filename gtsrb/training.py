@@ -27,7 +27,7 @@ from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.metrics import accuracy_interval
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
-from gtsrb.precision import FASTEST, resolve_precision
+from gtsrb.precision import FASTEST, resolve_precision, trains_on_gpu
 from gtsrb.preemption import PreemptionCheckpoint, exit_when_interrupted, newest_checkpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 from gtsrb.search.pruning import pruning_callbacks
@@ -224,9 +224,12 @@ def _resolve_fastest_precision(model: TrafficSignClassifier, cfg: DictConfig) ->
     ``metrics.json`` and the logged hyperparameters say what the run trained in. Returns the probe's timings."""
     if cfg.trainer.get("precision") != FASTEST:
         return {}
-    if "ddp" in str(cfg.trainer.get("strategy", "")):  # each process would measure, and might choose, on its own
-        raise UserError("trainer.precision=fastest measures one process, but trainer.strategy="
-                        f"{cfg.trainer.strategy} starts several; set trainer.precision=32-true or bf16-mixed")
+    devices = cfg.trainer.get("devices")
+    if "ddp" in str(cfg.trainer.get("strategy", "")) or (isinstance(devices, int) and devices > 1):
+        # each process would measure, and might choose, on its own
+        raise UserError(f"trainer.precision=fastest measures one process, but trainer.strategy="
+                        f"{cfg.trainer.get('strategy', 'auto')} trainer.devices={devices} starts several; "
+                        "set trainer.precision=32-true or bf16-mixed")
     size = cfg.data.image_size
     precision, seconds = resolve_precision(model.model, (cfg.data.batch_size, 3, size, size), cfg.channels_last,
                                            cfg.trainer.get("accelerator"))
@@ -236,11 +239,8 @@ def _resolve_fastest_precision(model: TrafficSignClassifier, cfg: DictConfig) ->
 
 def _maybe_compile(model: TrafficSignClassifier, cfg: DictConfig) -> None:
     """``model.compile``: torch.compile the network in place (its state_dict keys stay the same)."""
-    import torch
-
     mode = cfg.model.get("compile", "off")
-    on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-    if mode == "on" or (mode == "gpu" and on_gpu):
+    if mode == "on" or (mode == "gpu" and trains_on_gpu(cfg.trainer.get("accelerator"))):
         log.info("torch.compile: compiling %s (the first steps take longer)", cfg.model.name)
         model.model.compile()
 

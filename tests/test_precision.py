@@ -22,7 +22,7 @@ from gtsrb.training import train
 ])
 def test_the_faster_contender_wins_only_by_the_margin(monkeypatch, fp32, bf16, chosen):
     monkeypatch.setattr(precision, "time_steps", lambda *a, **k: {"32-true": fp32, "bf16-mixed": bf16})
-    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "trains_on_gpu", lambda accelerator: False)
     picked, seconds = precision.resolve_precision(torch.nn.Identity(), (2, 3, 8, 8), False, "auto")
     assert picked == chosen
     assert seconds == {"32-true": fp32, "bf16-mixed": bf16}
@@ -51,7 +51,8 @@ def test_a_run_with_fastest_trains_in_the_chosen_precision_and_says_so(make_cfg,
     assert (chosen == "bf16-mixed") == (seconds["32-true"] / seconds["bf16-mixed"] >= precision.MARGIN)
 
 
-def test_fastest_under_ddp_is_refused_with_the_fix(make_cfg):
-    cfg = make_cfg("trainer.precision=fastest", "+trainer.strategy=ddp")
+@pytest.mark.parametrize("several", [["+trainer.strategy=ddp"], ["trainer.devices=2"]], ids=["ddp", "2-devices"])
+def test_fastest_with_several_processes_is_refused_with_the_fix(make_cfg, several):
+    cfg = make_cfg("trainer.precision=fastest", *several)
     with pytest.raises(UserError, match="trainer.precision=32-true or bf16-mixed"):
         train(cfg)
