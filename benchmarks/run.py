@@ -298,7 +298,8 @@ def bench_overhead(args) -> dict:
 def run_recipe(args, seed: int) -> Path:
     out = Path(args.out) / "recipe" / f"seed{seed}"
     cmd = [sys.executable, str(REPO / "train.py"), f"experiment={args.recipe}", f"data.root={args.root}",
-           f"seed={seed}", "logger=csv", "callbacks.progress_bar=null", "test=false",
+           f"seed={seed}", *args.recipe_overrides, "logger=csv", "callbacks.progress_bar=null",
+           "+trainer.enable_progress_bar=false", "test=false",
            "+callbacks.clock._target_=benchmarks.recipe_clock.EpochClock", f"hydra.run.dir={out}"]
     print("recipe:", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -313,8 +314,11 @@ def summarise_recipe(run_dirs: list[Path], targets: list[float]) -> dict:
         first = {target: next((row["since_process_start_s"] for row in clock if row["val_acc"] >= target), None)
                  for target in targets}
         data = metrics["config"]["data"]
+        probe = metrics.get("precision_probe_s_per_step") or {}
         runs.append({"run": str(run), "seed": metrics["config"]["seed"], "best_val_acc": metrics["best_score"],
                      "val_split": data.get("val_split", "tracks"),
+                     "precision": str(metrics["config"]["trainer"].get("precision", "32-true")),
+                     "bf16_speedup": (round(probe["32-true"] / probe["bf16-mixed"], 2) if len(probe) == 2 else None),
                      "last_val_acc": clock[-1]["val_acc"], "wall_s": metrics["seconds"], "epochs": len(clock),
                      "done_s": clock[-1]["since_process_start_s"],
                      "time_to_target_s": {str(target): first[target] for target in targets},
@@ -368,17 +372,22 @@ def markdown(report: dict) -> str:
     if "recipe" in report:
         r = report["recipe"]
         splits = ", ".join(sorted({run["val_split"] for run in r["runs"]}))
-        lines += ["", f"Recipe `experiment={a['recipe']}` (validation split: `data.val_split={splits}`):", "",
+        variant = "".join(f" {o}" for o in a.get("recipe_overrides") or [])
+        lines += ["", f"Recipe `experiment={a['recipe']}{variant}` (validation split: `data.val_split={splits}`):", "",
                   "| seed | best val acc (checkpoint kept) | last-epoch val acc | "
-                  + "".join(f"time to {t:.1%} val (s) | " for t in r["targets"]) + "last epoch validated (s) | load avg per epoch |",
-                  "|---:|---:|---:|" + "---:|" * len(r["targets"]) + "---:|---|"]
+                  + "".join(f"time to {t:.1%} val (s) | " for t in r["targets"])
+                  + "last epoch validated (s) | precision | load avg per epoch |",
+                  "|---:|---:|---:|" + "---:|" * len(r["targets"]) + "---:|---|---|"]
         for run in r["runs"]:
             times = "".join("not reached | " if s is None else f"{s:.0f} | " for s in run["time_to_target_s"].values())
+            precision = run.get("precision", "")
+            if run.get("bf16_speedup"):  # trainer.precision=fastest measured both: say by how much it chose
+                precision += f" (bf16 {run['bf16_speedup']:.2f}x fp32 at start)"
             lines.append(f"| {run['seed']} | {run['best_val_acc']:.4f} | {run['last_val_acc']:.4f} | {times}"
-                         f"{run['done_s']:.0f} | {', '.join(str(x) for x in run['loadavg_during'])} |")
+                         f"{run['done_s']:.0f} | {precision} | {', '.join(str(x) for x in run['loadavg_during'])} |")
         best, last = r["best_val_acc"], r["last_val_acc"]
         lines.append(f"| mean ± std | {best['mean']:.4f} ± {best['std']:.4f} | {last['mean']:.4f} ± {last['std']:.4f} | "
-                     + "| " * len(r["targets"]) + f"{r['done_s_mean']:.0f} | |")
+                     + "| " * len(r["targets"]) + f"{r['done_s_mean']:.0f} | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -404,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=["pipeline", "precision", "overhead", "recipe"])
     parser.add_argument("--recipe", default="gtsrb_cpu")
     parser.add_argument("--recipe-seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--recipe-overrides", nargs="*", default=[],
+                        help="Hydra overrides on top of the recipe (e.g. model=simple_cnn_stn_ms): a variant, measured alike")
     parser.add_argument("--recipe-runs", nargs="*", default=None, help="summarise these finished runs instead")
     parser.add_argument("--target", type=float, nargs="+", default=[0.987, 0.99],
                         help="validation accuracies to time (blocks read about 0.3 points below the test split)")
