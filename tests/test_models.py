@@ -55,3 +55,19 @@ def test_unknown_timm_name_is_a_user_error():
     assert not timm.is_model("resnet_9000")
     with pytest.raises(UserError, match="resnet_9000"):
         build_model("resnet_9000", num_classes=43)
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_multiscale_features_reach_the_classifier_past_the_last_stage(multiscale):
+    # With the last stage's convolutions zeroed its output no longer depends on the image, so only the
+    # multi-scale model's classifier, which also sees the first two stages, can still tell two images apart.
+    model = build_model("simple_cnn_stn_ms" if multiscale else "simple_cnn_stn", num_classes=5).eval()
+    for module in model.stages[-1].modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.zeros_(module.weight)
+    images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    features = model.forward_features(images)
+    assert features.shape == (2, 224 if multiscale else 128, 5, 5)
+    logits = model(images)
+    assert torch.allclose(logits, model.forward_head(features))
+    assert torch.allclose(logits[0], logits[1], atol=1e-5) != multiscale

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SIMPLE_CNN = "simple_cnn"
 # The project's own networks (no pretrained weights): model name -> (class, keyword arguments).
 FROM_SCRATCH = {SIMPLE_CNN: (SimpleCNN, {}), "simple_cnn_stn": (SimpleCNN, {"stn": True}),
+                "simple_cnn_stn_ms": (SimpleCNN, {"stn": True, "multiscale": True}),
                 **{n: (SmallResNet, kw) for n, kw in SMALL_RESNETS.items()}}
 
 

@@ -2,7 +2,10 @@
 
 Three VGG-style stages (two 3x3 conv-BN-ReLU layers, then 2x2 max-pool) are
 enough for 32-48 px traffic signs. ``simple_cnn_stn`` puts a spatial transformer
-(:mod:`gtsrb.models.stn`) in front of them. It speaks timm's model API
+(:mod:`gtsrb.models.stn`) in front of them; ``simple_cnn_stn_ms`` also hands
+every stage's features to the classifier (multi-scale features, as in
+Sermanet and LeCun's GTSRB entry): the early stages keep the fine strokes of
+pictograms and digits that the last stage has pooled away. It speaks timm's model API
 (through :class:`~gtsrb.models.head.PooledClassifier`) so the rest of the
 framework never special-cases it.
 """
@@ -10,6 +13,7 @@ framework never special-cases it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gtsrb.models.head import PooledClassifier
@@ -22,9 +26,10 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 class SimpleCNN(PooledClassifier):
     def __init__(self, num_classes: int = 43, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128),
-                 drop_rate: float = 0.2, stn: bool = False, **_: object) -> None:
+                 drop_rate: float = 0.2, stn: bool = False, multiscale: bool = False, **_: object) -> None:
         super().__init__()
         self.stn = SpatialTransformer(in_chans) if stn else nn.Identity()
+        self.multiscale = multiscale
         stages, cin = [], in_chans
         for width in widths:
             stages.append(nn.Sequential(*_conv_bn_relu(cin, width), *_conv_bn_relu(width, width), nn.MaxPool2d(2)))
@@ -33,7 +38,21 @@ class SimpleCNN(PooledClassifier):
         self.feature_info = [
             dict(num_chs=w, reduction=2 ** (i + 1), module=f"stages.{i}") for i, w in enumerate(widths)
         ]
-        self._init_head(cin, num_classes, drop_rate)
+        self._init_head(sum(widths) if multiscale else cin, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stn(x))
+        """The last stage's map; with ``multiscale``, every stage's map pooled to its size and stacked.
+
+        Stacking before the head (rather than pooling each stage in the head)
+        keeps timm's split: ``forward_head(forward_features(x))`` is the whole
+        network, so export, Grad-CAM and fine-tuning need nothing new.
+        """
+        x = self.stn(x)
+        if not self.multiscale:
+            return self.stages(x)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        size = x.shape[-2:]
+        return torch.cat([F.adaptive_avg_pool2d(m, size) for m in maps[:-1]] + [x], dim=1)
