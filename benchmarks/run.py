@@ -16,7 +16,9 @@ What it measures (see benchmarks/README.md for the current table):
    last epoch and final validation accuracy of ``experiment=gtsrb_cpu`` (or
    ``--recipe``), over seeds, from runs made with the
    ``benchmarks.recipe_clock.EpochClock`` callback (``--recipe-seeds`` runs
-   them, ``--recipe-runs`` reads finished ones).
+   them, ``--recipe-runs`` reads finished ones). ``--recipe-folds 5`` trains
+   each seed on five folds of held-out blocks: five times the runs, and an
+   estimate that does not hang on which tracks one split happened to hold out.
 
 The machine may be shared: every measurement alternates between the
 contenders in short rounds, so a busy neighbour slows both alike, and each
@@ -295,10 +297,13 @@ def bench_overhead(args) -> dict:
 # --------------------------------------------------------------------------- the recipe
 
 
-def run_recipe(args, seed: int) -> Path:
-    out = Path(args.out) / "recipe" / f"seed{seed}"
+def run_recipe(args, seed: int, fold: int | None = None) -> Path:
+    """Train the recipe once into ``<out>/recipe/seed<seed>[_fold<fold>]``; ``fold`` holds out that part of
+    ``--recipe-folds`` (k-fold over blocks of tracks) instead of the one fixed split."""
+    out = Path(args.out) / "recipe" / (f"seed{seed}" if fold is None else f"seed{seed}_fold{fold}")
+    folds = [] if fold is None else [f"data.folds={args.recipe_folds}", f"data.fold={fold}"]
     cmd = [sys.executable, str(REPO / "train.py"), f"experiment={args.recipe}", f"data.root={args.root}",
-           f"seed={seed}", *args.recipe_overrides, "logger=csv", "callbacks.progress_bar=null",
+           f"seed={seed}", *folds, *args.recipe_overrides, "logger=csv", "callbacks.progress_bar=null",
            "+trainer.enable_progress_bar=false", "test=false",
            "+callbacks.clock._target_=benchmarks.recipe_clock.EpochClock", f"hydra.run.dir={out}"]
     print("recipe:", " ".join(cmd[1:]), flush=True)
@@ -317,6 +322,7 @@ def summarise_recipe(run_dirs: list[Path], targets: list[float]) -> dict:
         probe = metrics.get("precision_probe_s_per_step") or {}
         runs.append({"run": str(run), "seed": metrics["config"]["seed"], "best_val_acc": metrics["best_score"],
                      "val_split": data.get("val_split", "tracks"),
+                     "fold": f"{data['fold']} of {data['folds']}" if data.get("folds") else None,
                      "precision": str(metrics["config"]["trainer"].get("precision", "32-true")),
                      "bf16_speedup": (round(probe["32-true"] / probe["bf16-mixed"], 2) if len(probe) == 2 else None),
                      "last_val_acc": clock[-1]["val_acc"], "wall_s": metrics["seconds"], "epochs": len(clock),
@@ -383,7 +389,8 @@ def markdown(report: dict) -> str:
             precision = run.get("precision", "")
             if run.get("bf16_speedup"):  # trainer.precision=fastest measured both: say by how much it chose
                 precision += f" (bf16 {run['bf16_speedup']:.2f}x fp32 at start)"
-            lines.append(f"| {run['seed']} | {run['best_val_acc']:.4f} | {run['last_val_acc']:.4f} | {times}"
+            seed = run["seed"] if not run.get("fold") else f"{run['seed']}, fold {run['fold']}"
+            lines.append(f"| {seed} | {run['best_val_acc']:.4f} | {run['last_val_acc']:.4f} | {times}"
                          f"{run['done_s']:.0f} | {precision} | {', '.join(str(x) for x in run['loadavg_during'])} |")
         best, last = r["best_val_acc"], r["last_val_acc"]
         lines.append(f"| mean ± std | {best['mean']:.4f} ± {best['std']:.4f} | {last['mean']:.4f} ± {last['std']:.4f} | "
@@ -415,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe-seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--recipe-overrides", nargs="*", default=[],
                         help="Hydra overrides on top of the recipe (e.g. model=simple_cnn_stn_ms): a variant, measured alike")
+    parser.add_argument("--recipe-folds", type=int, default=0,
+                        help="train every seed on each of this many folds of blocks (data.folds) instead of one split")
     parser.add_argument("--recipe-runs", nargs="*", default=None, help="summarise these finished runs instead")
     parser.add_argument("--target", type=float, nargs="+", default=[0.987, 0.99],
                         help="validation accuracies to time (blocks read about 0.3 points below the test split)")
@@ -434,8 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     if "overhead" in args.only:
         report["overhead"] = bench_overhead(args)
     if "recipe" in args.only:
+        folds = range(args.recipe_folds) if args.recipe_folds else [None]
         runs = [Path(r) for r in args.recipe_runs] if args.recipe_runs is not None else [
-            run_recipe(args, seed) for seed in args.recipe_seeds]
+            run_recipe(args, seed, fold) for seed in args.recipe_seeds for fold in folds]
         if runs:
             report["recipe"] = summarise_recipe(runs, args.target)
     report["load_at_end"] = load()
