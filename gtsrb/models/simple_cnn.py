@@ -4,10 +4,11 @@ Three VGG-style stages (two 3x3 conv-BN-ReLU layers, then 2x2 max-pool) are
 enough for 32-48 px traffic signs. ``simple_cnn_stn`` puts a spatial transformer
 (:mod:`gtsrb.models.stn`) in front of them; ``simple_cnn_stn_ms`` also hands
 every stage's features to the classifier (multi-scale features, as in
-Sermanet and LeCun's GTSRB entry): the early stages keep the fine strokes of
-pictograms and digits that the last stage has pooled away. It speaks timm's model API
-(through :class:`~gtsrb.models.head.PooledClassifier`) so the rest of the
-framework never special-cases it.
+Sermanet and LeCun's GTSRB entry), so low-level edges and strokes reach it
+beside the last stage's; on ``gtsrb_cpu`` that measured no better
+(benchmarks/README.md). It speaks timm's model API (through
+:class:`~gtsrb.models.head.PooledClassifier`) so the rest of the framework
+never special-cases it.
 """
 
 from __future__ import annotations
