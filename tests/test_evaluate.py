@@ -65,6 +65,7 @@ def test_cli_writes_every_artifact_and_a_calibrated_checkpoint(trained_run, tmp_
     report = json.loads((out / "metrics.json").read_text())
     best = json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"]
     assert report["checkpoint"] == best and report["split"] == "test" and report["num_images"] == 43
+    assert report["acc_ci95"]["over"] == "43 images"  # no tracks in a test split: Wilson's interval over images
     expected = {"acc", "top3", "top5", "precision", "recall", "f1", "precision_weighted", "recall_weighted",
                 "f1_weighted", "nll", "ece"}
     assert set(report["metrics"]["uncalibrated"]) == expected == set(report["metrics"]["calibrated"])
@@ -143,6 +144,9 @@ def test_options_tta_fgsm_val_split_and_tensorboard(trained_run, tmp_path):
                                "split=val", "tta=true", "fgsm_epsilons=[0.01,0.03]", "gradcam_method=gradcam++",
                                "gallery_size=2", "data.batch_size=32"))
     assert report["split"] == "val" and report["tta"] is True and report["tta_gain"] is not None
+    interval = report["acc_ci95"]  # synthetic images have no tracks: Wilson's interval over the images
+    assert interval["over"] == f"{report['num_images']} images"
+    assert interval["low"] <= report["metrics"]["uncalibrated"]["acc"] <= interval["high"]
     assert [row["epsilon"] for row in report["fgsm"]] == [0.0, 0.01, 0.03]
     assert all(0 <= row["acc"] <= 1 for row in report["fgsm"])
     assert report["config"]["data"]["batch_size"] == 32  # overrides replace the checkpoint's values
@@ -244,3 +248,17 @@ def test_a_checkpoint_from_before_val_split_keeps_the_tracks_it_was_validated_on
     assert data_config(old, OmegaConf.create({"val_split": "blocks"}))[0]["val_split"] == "blocks"
     new = {"datamodule_hyper_parameters": {"data": {"source": "gtsrb", "val_split": "blocks"}}}
     assert data_config(new, OmegaConf.create({}))[0]["val_split"] == "blocks"
+
+
+def test_the_interval_counts_tracks_where_every_image_has_one():
+    from gtsrb.evaluation.run import _accuracy_interval
+
+    correct = torch.ones(60, dtype=torch.bool)
+    correct[:20] = False  # two thirds of one track of 30 misread
+    tracks = torch.arange(2).repeat_interleave(30)
+    over_tracks = _accuracy_interval(correct, tracks)
+    assert over_tracks["over"] == "2 tracks"
+    unknown = _accuracy_interval(correct, torch.where(tracks == 0, -1, tracks))  # the test CSV's -1: no track
+    assert unknown["over"] == "60 images" == _accuracy_interval(correct, None)["over"]
+    assert over_tracks["low"] < unknown["low"]  # two draws, not sixty: a wider interval
+

@@ -95,3 +95,22 @@ def test_accuracy_interval_is_wilsons():
     narrow = accuracy_interval(0.995, 4740)
     wide = accuracy_interval(0.995, 474)
     assert wide[0] < narrow[0] < 0.995 < narrow[1] < wide[1] <= 1.0
+
+
+def test_track_interval_widens_when_the_mistakes_share_a_track():
+    from gtsrb.metrics import accuracy_interval, track_accuracy_interval
+
+    tracks = torch.arange(100).repeat_interleave(30)  # 100 tracks of 30 frames, 30 mistakes either way
+    spread, together = torch.ones(3000, dtype=torch.bool), torch.ones(3000, dtype=torch.bool)
+    spread[::100] = False  # one frame in each of 30 tracks
+    together[:30] = False  # one whole track
+    wilson = accuracy_interval(0.99, 3000)
+    low, high = track_accuracy_interval(together, tracks)
+    assert low < 0.99 < high and (high - low) > 4 * (wilson[1] - wilson[0])  # about 5.4x: a track is one draw
+    low, high = track_accuracy_interval(spread, tracks)
+    assert (high - low) < 1.2 * (wilson[1] - wilson[0])  # independent mistakes: about Wilson's
+    singletons = track_accuracy_interval(together, torch.arange(3000))
+    assert singletons[0] <= wilson[0] + 1e-9 and singletons[1] >= wilson[1] - 1e-9
+    assert (singletons[1] - singletons[0]) < 1.1 * (wilson[1] - wilson[0])
+    perfect = track_accuracy_interval(torch.ones(3000, dtype=torch.bool), tracks)
+    assert perfect == accuracy_interval(1.0, 3000)  # no mistakes to cluster: never narrower than Wilson's

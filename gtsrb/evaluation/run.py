@@ -32,7 +32,7 @@ from gtsrb.evaluation.report import confused_pairs, confusion, per_class_rows, w
 from gtsrb.evaluation.robustness import fgsm_accuracy
 from gtsrb.explain.overlays import overlay_filename, overlay_grid, save_overlay
 from gtsrb.inference import InputSpec, Predictor, pick_device
-from gtsrb.metrics import NegativeLogLikelihood, compute_metrics
+from gtsrb.metrics import NegativeLogLikelihood, accuracy_interval, compute_metrics, track_accuracy_interval
 from gtsrb.reporting import flatten, write_json
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             log.warning("the temperature is fitted and evaluated on the val split: "
                         "the calibrated numbers are optimistic")
     uncalibrated = compute_metrics(logits, labels)
+    interval = _accuracy_interval(logits.argmax(1) == labels, data.groups)
     calibrated = compute_metrics(logits / temperature, labels) if calibration or temperature != 1.0 else None
     final_logits = logits / temperature
     matrix = confusion(final_logits, labels)
@@ -145,6 +146,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_images": len(labels),
         "tta": bool(cfg.tta),
         "metrics": {"uncalibrated": uncalibrated, "calibrated": calibrated},
+        "acc_ci95": interval,
         "temperature": temperature,
         "calibration": calibration,
         "tta_gain": (uncalibrated["acc"] - compute_metrics(plain, labels)["acc"]) if cfg.tta else None,
@@ -238,12 +240,24 @@ def _to_tensorboard(logdir: Path, report: dict, pictures: dict[str, np.ndarray],
                                                            flatten(report["config"]["evaluate"]).items()), 0)
 
 
+def _accuracy_interval(correct: torch.Tensor, groups: torch.Tensor | None) -> dict:
+    """The accuracy's 95% interval over tracks where every image's track is known (the training data's splits),
+    else over images (Wilson's; the GTSRB test CSV names no tracks)."""
+    if groups is not None and bool((groups >= 0).all()):
+        low, high = track_accuracy_interval(correct, groups)
+        return {"low": low, "high": high, "over": f"{len(torch.unique(groups))} tracks"}
+    low, high = accuracy_interval(float(correct.double().mean()), correct.numel())
+    return {"low": low, "high": high, "over": f"{correct.numel()} images"}
+
+
 def _print_summary(out: Path, report: dict) -> None:
     m = report["metrics"]["uncalibrated"]
     lines = [f"evaluation directory: {out}",
              f"checkpoint: {report['checkpoint']}",
              f"{report['split']} ({report['num_images']} images): acc={m['acc']:.4f} top5={m['top5']:.4f} "
-             f"f1={m['f1']:.4f} nll={m['nll']:.4f} ece={m['ece']:.4f}"]
+             f"f1={m['f1']:.4f} nll={m['nll']:.4f} ece={m['ece']:.4f}",
+             f"acc 95% interval: {report['acc_ci95']['low']:.4f} to {report['acc_ci95']['high']:.4f} "
+             f"({report['acc_ci95']['over']})"]
     if report["calibration"]:
         c = report["metrics"]["calibrated"] or m
         lines.append(f"temperature {report['temperature']:.4f} (fitted on val): nll {m['nll']:.4f} -> {c['nll']:.4f}, "
