@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="train every seed on each of this many folds of blocks (data.folds) instead of one split")
     parser.add_argument("--recipe-runs", nargs="*", default=None, help="summarise these finished runs instead")
     parser.add_argument("--target", type=float, nargs="+", default=[0.987, 0.99],
-                        help="validation accuracies to time (blocks read about 0.3 points below the test split)")
+                        help="validation accuracies to time (benchmarks/README.md relates them to the test split)")
     args = parser.parse_args(argv)
     args.cache_dir = args.cache_dir or str(Path(args.root) / "cache")
     out = Path(args.out)
