@@ -153,3 +153,13 @@ def track_accuracy_interval(correct: torch.Tensor, groups: torch.Tensor, z: floa
     half = z * variance ** 0.5
     return min(wilson[0], max(0.0, accuracy - half)), max(wilson[1], min(1.0, accuracy + half))
 
+
+
+def split_accuracy_interval(correct: torch.Tensor, groups: torch.Tensor | None) -> dict[str, float | str]:
+    """The accuracy's 95% interval for one split: over tracks where every image's track is known (the training
+    data's splits), else over images (Wilson's; the GTSRB test CSV and image folders name no tracks)."""
+    if groups is not None and groups.numel() == correct.numel() and bool((groups >= 0).all()):
+        low, high = track_accuracy_interval(correct, groups)
+        return {"low": low, "high": high, "over": f"{len(torch.unique(groups))} tracks"}
+    low, high = accuracy_interval(float(correct.double().mean()), correct.numel())
+    return {"low": low, "high": high, "over": f"{correct.numel()} images"}

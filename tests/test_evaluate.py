@@ -241,7 +241,7 @@ def test_a_checkpoint_from_before_val_split_keeps_the_tracks_it_was_validated_on
     and evaluating its val split on blocks would score tracks it trained on."""
     from omegaconf import OmegaConf
 
-    from gtsrb.evaluation.run import data_config
+    from gtsrb.evaluation.measure import data_config
 
     old = {"datamodule_hyper_parameters": {"data": {"source": "gtsrb", "root": "data"}, "seed": 3}}
     assert data_config(old, OmegaConf.create({}))[0]["val_split"] == "tracks"
@@ -251,14 +251,36 @@ def test_a_checkpoint_from_before_val_split_keeps_the_tracks_it_was_validated_on
 
 
 def test_the_interval_counts_tracks_where_every_image_has_one():
-    from gtsrb.evaluation.run import _accuracy_interval
+    from gtsrb.metrics import split_accuracy_interval
 
     correct = torch.ones(60, dtype=torch.bool)
     correct[:20] = False  # two thirds of one track of 30 misread
     tracks = torch.arange(2).repeat_interleave(30)
-    over_tracks = _accuracy_interval(correct, tracks)
+    over_tracks = split_accuracy_interval(correct, tracks)
     assert over_tracks["over"] == "2 tracks"
-    unknown = _accuracy_interval(correct, torch.where(tracks == 0, -1, tracks))  # the test CSV's -1: no track
-    assert unknown["over"] == "60 images" == _accuracy_interval(correct, None)["over"]
+    unknown = split_accuracy_interval(correct, torch.where(tracks == 0, -1, tracks))  # the test CSV's -1: no track
+    assert unknown["over"] == "60 images" == split_accuracy_interval(correct, None)["over"]
     assert over_tracks["low"] < unknown["low"]  # two draws, not sixty: a wider interval
 
+
+
+def test_measuring_writes_nothing_and_the_report_records_what_was_measured(trained_run, tmp_path):
+    """evaluate's three steps: measure (no file yet, so bad input cannot half-overwrite a report), draw, write."""
+    from gtsrb.evaluation.measure import measure
+    from gtsrb.evaluation.plots import report_figures
+    from gtsrb.evaluation.write import write_report
+
+    out = tmp_path / "eval"
+    measured = measure(eval_cfg(f"ckpt_path={trained_run}", f"output_dir={out}", "gallery_size=4"))
+    assert not out.exists()
+    predicted = measured.final_logits.argmax(1)
+    mistakes = int((predicted != measured.labels).sum())
+    assert measured.gallery.mistakes == mistakes and len(measured.gallery.true) == min(4, mistakes)
+    figures = report_figures(measured)
+    assert ("misclassified" in figures) and not out.exists()
+    write_report(out, measured, figures, {"split": "test"}, seconds=1.0)
+    report = json.loads((out / "metrics.json").read_text())
+    accuracy = float((predicted == measured.labels).double().mean())
+    assert report["metrics"]["uncalibrated"]["acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert report["num_images"] == len(measured.labels) and report["config"]["evaluate"] == {"split": "test"}
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{name}.png" for name in figures)

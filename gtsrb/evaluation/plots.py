@@ -7,6 +7,7 @@ sends it to TensorBoard, so both show the same picture.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,7 +16,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gtsrb.evaluation.calibration import ReliabilityBins  # noqa: E402
+from gtsrb.evaluation.calibration import ReliabilityBins, reliability_bins  # noqa: E402
+from gtsrb.explain.overlays import overlay_grid  # noqa: E402
+
+if TYPE_CHECKING:
+    from gtsrb.evaluation.measure import Measurement
+
+
+def report_figures(m: Measurement) -> dict[str, plt.Figure]:
+    """The evaluation report's figures, by the name of the PNG file each becomes."""
+    what = f"{m.split} split, {len(m.labels)} images"
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(
+            m.matrix, m.names, f"Confusion matrix ({what}), rows normalised; accuracy {m.uncalibrated['acc']:.3f}"),
+        "reliability": reliability_figure(
+            reliability_bins(m.logits.softmax(1), m.labels),
+            reliability_bins(m.final_logits.softmax(1), m.labels) if m.calibrated else None, m.temperature),
+        "metrics_summary": metrics_summary_figure(
+            m.uncalibrated, m.calibrated, f"{m.ckpt_path.name}: {what}" + (" (TTA)" if m.tta else ""),
+            m.temperature, m.fgsm),
+        "per_class_accuracy": per_class_accuracy_figure(m.rows, f"Per-class accuracy ({what})"),
+        "confused_pairs": confused_pairs_figure(m.pairs, f"Most-confused class pairs ({what})"),
+    }
+    if m.gallery is not None:
+        g = m.gallery
+        figures["misclassified"] = overlay_grid(
+            g.images, g.heatmaps, g.pred, g.conf, g.true,
+            title=f"Misclassified {m.split} images, most confident first ({g.mistakes} in all; Grad-CAM of the "
+                  "predicted class)" if g.true else f"No misclassified {m.split} images")
+    return figures
 
 
 def _label(i: int, name: str, limit: int = 34) -> str:
