@@ -108,6 +108,25 @@ def test_training_and_evaluation_report_the_same_test_metrics_under_the_same_nam
         assert evaluated[name] == pytest.approx(value, abs=tolerance), name
 
 
+def test_training_and_evaluation_give_the_val_interval_over_the_same_tracks(make_cfg, gtsrb_root, tmp_path):
+    """Held-out tracks: both reports count tracks, from the same per-image results in the split's order (a
+    training report that took Wilson's over images, or shuffled its results, would disagree)."""
+    from gtsrb.evaluation.measure import measure
+    from gtsrb.training import train
+
+    cfg = make_cfg("data=gtsrb", f"data.root={gtsrb_root}", "data.val_fraction=0.5", "data.batch_size=8",
+                   "trainer.fast_dev_run=false", "trainer.max_epochs=2", "augmentation=none")
+    train(cfg)
+    run = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert run["acc_ci95"]["val"]["over"] == "10 tracks"  # 5 classes x 2 held-out tracks of 3 frames
+    assert run["acc_ci95"]["test"]["over"].endswith(" images")  # the test CSV names no tracks: Wilson's
+    measured = measure(eval_cfg(f"ckpt_path={cfg.output_dir}", f"output_dir={tmp_path / 'eval'}", "split=val",
+                                "calibrate=false", "gallery_size=0"))
+    assert measured.interval["over"] == "10 tracks"
+    for end in ("low", "high"):
+        assert run["acc_ci95"]["val"][end] == pytest.approx(measured.interval[end], abs=1e-6)
+
+
 def test_the_model_card_is_hugging_face_format_with_the_reports_numbers(trained_run, tmp_path):
     import yaml
 
