@@ -12,13 +12,13 @@ What it measures (see benchmarks/README.md for the current table):
 2. **Framework overhead**: the same model, data, augmentation, optimiser and
    schedule in a plain PyTorch loop against our Lightning loop (the
    LightningModule and LightningDataModule that ``train.py`` uses).
-3. **Recipe**: time to given validation accuracies (``--target``), time to the
-   last epoch and final validation accuracy of ``experiment=gtsrb_cpu`` (or
-   ``--recipe``), over seeds, from runs made with the
-   ``benchmarks.recipe_clock.EpochClock`` callback (``--recipe-seeds`` runs
-   them, ``--recipe-runs`` reads finished ones). ``--recipe-folds 5`` trains
-   each seed on five folds of held-out blocks: five times the runs, and an
-   estimate that does not hang on which tracks one split happened to hold out.
+3. **Recipe** (:mod:`benchmarks.recipe`): time to given validation accuracies
+   (``--target``), time to the last epoch and final validation accuracy of
+   ``experiment=gtsrb_cpu`` (or ``--recipe``), each seed trained on five folds
+   of held-out blocks (``--recipe-folds``; 0: the one split), from runs made
+   with the ``benchmarks.recipe_clock.EpochClock`` callback (``--recipe-seeds``
+   runs them, ``--recipe-runs`` reads finished ones), and the difference from
+   another recipe fold by fold (``--recipe-baseline``).
 
 The machine may be shared: every measurement alternates between the
 contenders in short rounds, so a busy neighbour slows both alike, and each
@@ -31,9 +31,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -44,6 +41,8 @@ from omegaconf import OmegaConf
 from gtsrb.config import AugmentationConfig
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.models import build_model
+
+from benchmarks.recipe import compare_with, recipe_markdown, run_recipe, summarise_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -294,51 +293,6 @@ def bench_overhead(args) -> dict:
     return result
 
 
-# --------------------------------------------------------------------------- the recipe
-
-
-def run_recipe(args, seed: int, fold: int | None = None) -> Path:
-    """Train the recipe once into ``<out>/recipe/seed<seed>[_fold<fold>]``; ``fold`` holds out that part of
-    ``--recipe-folds`` (k-fold over blocks of tracks) instead of the one fixed split."""
-    out = Path(args.out) / "recipe" / (f"seed{seed}" if fold is None else f"seed{seed}_fold{fold}")
-    folds = [] if fold is None else [f"data.folds={args.recipe_folds}", f"data.fold={fold}"]
-    cmd = [sys.executable, str(REPO / "train.py"), f"experiment={args.recipe}", f"data.root={args.root}",
-           f"seed={seed}", *folds, *args.recipe_overrides, "logger=csv", "callbacks.progress_bar=null",
-           "+trainer.enable_progress_bar=false", "test=false",
-           "+callbacks.clock._target_=benchmarks.recipe_clock.EpochClock", f"hydra.run.dir={out}"]
-    print("recipe:", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return out
-
-
-def summarise_recipe(run_dirs: list[Path], targets: list[float]) -> dict:
-    runs = []
-    for run in run_dirs:
-        metrics = json.loads((run / "metrics.json").read_text())
-        clock = json.loads((run / "clock.json").read_text())
-        first = {target: next((row["since_process_start_s"] for row in clock if row["val_acc"] >= target), None)
-                 for target in targets}
-        data = metrics["config"]["data"]
-        probe = metrics.get("precision_probe_s_per_step") or {}
-        runs.append({"run": str(run), "seed": metrics["config"]["seed"], "best_val_acc": metrics["best_score"],
-                     "val_split": data.get("val_split", "tracks"),
-                     "fold": f"{data['fold']} of {data['folds']}" if data.get("folds") else None,
-                     "precision": str(metrics["config"]["trainer"].get("precision", "32-true")),
-                     "bf16_speedup": (round(probe["32-true"] / probe["bf16-mixed"], 2) if len(probe) == 2 else None),
-                     "last_val_acc": clock[-1]["val_acc"], "wall_s": metrics["seconds"], "epochs": len(clock),
-                     "done_s": clock[-1]["since_process_start_s"],
-                     "time_to_target_s": {str(target): first[target] for target in targets},
-                     "loadavg_during": [row["loadavg"][0] for row in clock]})
-    def spread(key: str) -> dict:
-        values = [r[key] for r in runs]
-        return {"mean": round(statistics.mean(values), 5),
-                "std": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0}
-
-    return {"targets": targets, "runs": runs, "best_val_acc": spread("best_val_acc"), "last_val_acc": spread("last_val_acc"),
-            "wall_s_mean": round(statistics.mean(r["wall_s"] for r in runs), 1),
-            "done_s_mean": round(statistics.mean(r["done_s"] for r in runs), 1)}
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -376,25 +330,7 @@ def markdown(report: dict) -> str:
         lines += [f"| framework overhead | plain PyTorch loop | {o['plain_img_s']} | 1.00 | {loads} |",
                   f"| framework overhead | our Lightning loop | {o['lightning_img_s']} | {o['lightning_vs_plain']:.3f} | |"]
     if "recipe" in report:
-        r = report["recipe"]
-        splits = ", ".join(sorted({run["val_split"] for run in r["runs"]}))
-        variant = "".join(f" {o}" for o in a.get("recipe_overrides") or [])
-        lines += ["", f"Recipe `experiment={a['recipe']}{variant}` (validation split: `data.val_split={splits}`):", "",
-                  "| seed | best val acc (checkpoint kept) | last-epoch val acc | "
-                  + "".join(f"time to {t:.1%} val (s) | " for t in r["targets"])
-                  + "last epoch validated (s) | precision | load avg per epoch |",
-                  "|---:|---:|---:|" + "---:|" * len(r["targets"]) + "---:|---|---|"]
-        for run in r["runs"]:
-            times = "".join("not reached | " if s is None else f"{s:.0f} | " for s in run["time_to_target_s"].values())
-            precision = run.get("precision", "")
-            if run.get("bf16_speedup"):  # trainer.precision=fastest measured both: say by how much it chose
-                precision += f" (bf16 {run['bf16_speedup']:.2f}x fp32 at start)"
-            seed = run["seed"] if not run.get("fold") else f"{run['seed']}, fold {run['fold']}"
-            lines.append(f"| {seed} | {run['best_val_acc']:.4f} | {run['last_val_acc']:.4f} | {times}"
-                         f"{run['done_s']:.0f} | {precision} | {', '.join(str(x) for x in run['loadavg_during'])} |")
-        best, last = r["best_val_acc"], r["last_val_acc"]
-        lines.append(f"| mean ± std | {best['mean']:.4f} ± {best['std']:.4f} | {last['mean']:.4f} ± {last['std']:.4f} | "
-                     + "| " * len(r["targets"]) + f"{r['done_s_mean']:.0f} | | |")
+        lines += ["", *recipe_markdown(report["recipe"], a)]
     return "\n".join(lines) + "\n"
 
 
@@ -419,11 +355,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overhead-steps", type=int, default=30, help="steps per round (framework overhead)")
     parser.add_argument("--only", nargs="*", default=["pipeline", "precision", "overhead", "recipe"])
     parser.add_argument("--recipe", default="gtsrb_cpu")
-    parser.add_argument("--recipe-seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--recipe-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--recipe-overrides", nargs="*", default=[],
                         help="Hydra overrides on top of the recipe (e.g. model=simple_cnn_stn_ms): a variant, measured alike")
-    parser.add_argument("--recipe-folds", type=int, default=0,
-                        help="train every seed on each of this many folds of blocks (data.folds) instead of one split")
+    parser.add_argument("--recipe-folds", type=int, default=5,
+                        help="train every seed on each of this many folds of blocks (data.folds); 0: the one split")
+    parser.add_argument("--recipe-baseline", default=None,
+                        help="another recipe's benchmark.json: compare with it on the same (seed, fold)")
     parser.add_argument("--recipe-runs", nargs="*", default=None, help="summarise these finished runs instead")
     parser.add_argument("--target", type=float, nargs="+", default=[0.987, 0.99],
                         help="validation accuracies to time (benchmarks/README.md relates them to the test split)")
@@ -448,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
             run_recipe(args, seed, fold) for seed in args.recipe_seeds for fold in folds]
         if runs:
             report["recipe"] = summarise_recipe(runs, args.target)
+            if args.recipe_baseline:
+                report["recipe"]["paired"] = compare_with(report["recipe"]["runs"], args.recipe_baseline)
     report["load_at_end"] = load()
     (out / "benchmark.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "benchmark.md").write_text(markdown(report))
