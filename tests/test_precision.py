@@ -28,6 +28,15 @@ def test_the_faster_contender_wins_only_by_the_margin(monkeypatch, fp32, bf16, c
     assert seconds == {"32-true": fp32, "bf16-mixed": bf16}
 
 
+def test_a_neighbour_busy_for_most_of_the_probe_does_not_turn_a_bf16_win_into_a_tie():
+    """Four of six steps of each contender shared the CPU (about +1 s each); one clean step of each is enough."""
+    clean = {"32-true": 0.16, "bf16-mixed": 0.10}  # 1.6x: bf16 pays
+    busy = {name: [t + 1.0, t + 1.0, t, t + 1.0, t + 1.0, t * 1.02] for name, t in clean.items()}
+    seconds = precision.least_disturbed(busy)
+    assert seconds["32-true"] / seconds["bf16-mixed"] > precision.MARGIN  # medians would read 1.16/1.10 = 1.05x
+    assert seconds == pytest.approx(clean)
+
+
 def test_the_probe_times_both_and_leaves_the_model_and_random_streams_alone(one_thread):
     torch.manual_seed(1)
     network = SimpleCNN(num_classes=5, widths=(8, 16))
