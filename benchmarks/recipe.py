@@ -51,19 +51,23 @@ def summarise_recipe(run_dirs: list[Path], targets: list[float]) -> dict:
                      "last_val_acc": clock[-1]["val_acc"], "wall_s": metrics["seconds"], "epochs": len(clock),
                      "done_s": clock[-1]["since_process_start_s"],
                      "time_to_target_s": {str(target): first[target] for target in targets},
+                     "curve": [[row["since_process_start_s"], row["val_acc"]] for row in clock],
                      "loadavg_during": [row["loadavg"][0] for row in clock]})
     summary = {"targets": targets, "runs": runs, "best_val_acc": _spread([r["best_val_acc"] for r in runs]),
                "last_val_acc": _spread([r["last_val_acc"] for r in runs]),
                "wall_s_mean": round(statistics.mean(r["wall_s"] for r in runs), 1),
                "done_s_mean": round(statistics.mean(r["done_s"] for r in runs), 1)}
     if any(r["fold"] for r in runs):
-        summary["over_folds"] = over_folds(runs)
+        summary["over_folds"] = over_folds(runs, targets)
     return summary
 
 
-def over_folds(runs: list[dict]) -> dict:
+def over_folds(runs: list[dict], targets: list[float] = ()) -> dict:
     """The protocol's figure: each seed's mean over its folds (seeds that ran every fold), then their mean and
-    spread over seeds; so "three seeds" means three five-fold figures, not fifteen runs pooled."""
+    spread over seeds; so "three seeds" means three five-fold figures, not fifteen runs pooled.
+
+    Time to a target on the protocol: the first epoch at which the seed's mean over folds reaches it, at the
+    folds' mean time to that epoch (runs with a curve of equal length only)."""
     by_seed: dict[int, list[dict]] = {}
     for run in runs:
         if run["fold"]:
@@ -75,7 +79,20 @@ def over_folds(runs: list[dict]) -> dict:
         per_seed = {seed: statistics.mean(r[key] for r in rs) for seed, rs in complete.items()}
         result[key] = {"per_seed": {str(s): round(v, 5) for s, v in per_seed.items()},
                        **_spread(list(per_seed.values()))} if per_seed else None
+    result["time_to_target_s"] = {str(t): {str(seed): _time_to(rs, t) for seed, rs in complete.items()}
+                                  for t in targets}
     return result
+
+
+def _time_to(runs: list[dict], target: float) -> float | None:
+    """Seconds until the mean over ``runs`` (one seed's folds) of the validation accuracy first reaches ``target``."""
+    curves = [r.get("curve") or [] for r in runs]
+    if not curves[0] or len({len(c) for c in curves}) != 1:
+        return None
+    for epoch in range(len(curves[0])):
+        if statistics.mean(c[epoch][1] for c in curves) >= target:
+            return round(statistics.mean(c[epoch][0] for c in curves), 1)
+    return None
 
 
 def paired_difference(runs: list[dict], baseline: list[dict], key: str = "last_val_acc") -> dict | None:
@@ -137,7 +154,8 @@ def recipe_markdown(r: dict, a: dict) -> list[str]:
         else:
             what = f"mean over {folds['folds']} folds (seed {folds['seeds'][0]})"
             cells = f"{best['mean']:.4f} | {last['mean']:.4f}"
-        lines.append(f"| {what} | {cells} | {gap}| | |")
+        times = "".join(f"{_seconds(list(per_seed.values()))} | " for per_seed in folds["time_to_target_s"].values())
+        lines.append(f"| {what} | {cells} | {times}| | |")
     paired = r.get("paired")
     if paired:
         each = ", ".join(f"{p['difference'] * 100:+.2f}" for p in paired["pairs"])
@@ -145,6 +163,13 @@ def recipe_markdown(r: dict, a: dict) -> list[str]:
                       f"{paired['mean'] * 100:+.2f} points (standard error {paired['stderr'] * 100:.2f}; "
                       f"pair by pair {each})."]
     return lines
+
+
+def _seconds(values: list[float | None]) -> str:
+    """Seconds per seed, as one cell: their mean, or "not reached" when a seed never got there."""
+    if not values or any(v is None for v in values):
+        return "not reached" if values else ""
+    return f"{statistics.mean(values):.0f}"
 
 
 def _spread(values: list[float]) -> dict:

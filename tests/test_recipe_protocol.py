@@ -58,3 +58,11 @@ def test_finished_runs_are_read_with_their_fold(tmp_path):
     assert [r["fold"] for r in summary["runs"]] == ["0 of 2", "1 of 2"]
     assert [r["time_to_target_s"]["0.99"] for r in summary["runs"]] == [10.0, None]  # fold 1 never reached 99%
     assert summary["over_folds"]["last_val_acc"]["per_seed"] == {"0": pytest.approx(0.988)}
+
+
+def test_the_protocol_reaches_a_target_when_the_mean_over_folds_does():
+    """Fold 0 alone passes 99% at epoch 1; the mean over both folds only at epoch 2, at their mean time then."""
+    runs = [dict(run(0, 0, 0.995, folds=2), curve=[[10.0, 0.991], [20.0, 0.995]]),
+            dict(run(0, 1, 0.990, folds=2), curve=[[12.0, 0.980], [22.0, 0.990]])]
+    times = over_folds(runs, targets=[0.99, 0.999])["time_to_target_s"]
+    assert times == {"0.99": {"0": 21.0}, "0.999": {"0": None}}
