@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from gtsrb.data.sources import SOURCES
 from gtsrb.errors import UserError
 
 
@@ -147,7 +148,7 @@ def register_configs() -> None:
 
 
 _CHOICES = {
-    "data.source": ("gtsrb", "synthetic", "folder"),
+    "data.source": tuple(SOURCES),
     "data.on_corrupt": ("error", "skip"),
     "data.val_split": ("tracks", "blocks"),
     "data.augment_on": ("batch", "sample"),
@@ -220,8 +221,8 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_lazy_data(data: DictConfig) -> None:
     """``data.in_memory=false`` only makes sense for image files, augmented per sample, without a tensor cache."""
-    if data.source == "synthetic":
-        raise UserError("data.in_memory=false reads image files one by one, but data.source=synthetic renders its "
+    if not SOURCES[data.source].from_files:
+        raise UserError(f"data.in_memory=false reads image files one by one, but data.source={data.source} renders its "
                         "images in memory; set data.in_memory=true or use data=gtsrb or data=folder")
     if data.augment_on != "sample":
         raise UserError(f"data.in_memory=false decodes each image in the DataLoader, so "

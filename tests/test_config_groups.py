@@ -46,6 +46,16 @@ def test_option_trains_one_step(make_cfg, group, option, mobilenet_weights):
     assert set(report["final"]) == {"val", "test"} and "val/f1" in report["final"]["val"]
 
 
+def test_each_data_option_is_one_source_and_each_source_has_its_option():
+    """data.source picks a class of gtsrb/data/sources.py; an option naming no source, or a source without an
+    option in conf/data, would only be found by the user who tries it."""
+    from gtsrb.data.sources import SOURCES
+
+    named = {OmegaConf.load(CONF_DIR / "data" / f"{option}.yaml").source: option for option in group_options("data")}
+    assert set(named) == set(SOURCES)
+    assert all(SOURCES[source].name == source for source in named)
+
+
 @pytest.mark.parametrize("option", group_options("data"))
 def test_data_option_trains_one_step(make_cfg, option, gtsrb_root, image_folder):
     root = {"gtsrb": gtsrb_root, "folder": image_folder, "synthetic": None}[option]

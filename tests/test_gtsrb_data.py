@@ -332,3 +332,14 @@ def test_a_split_that_cannot_be_made_is_named(kwargs, message):
     labels, groups = synthetic_tracks()
     with pytest.raises(UserError, match=message):
         split_by_track(labels, groups, 0.15, seed=0, **kwargs)
+
+
+def test_the_model_card_says_which_tracks_were_held_out():
+    """The card's validation line follows the protocol: a fold is 1/k of the tracks, whatever val_fraction says."""
+    from gtsrb.data.sources import SOURCES
+
+    data = {"val_split": "blocks", "split_seed": 0, "val_fraction": 0.12, "folds": 0, "fold": 0}
+    assert SOURCES["gtsrb"].validation(data).startswith("0.12 of each class's tracks held out whole, as one block")
+    fold = SOURCES["gtsrb"].validation({**data, "folds": 5, "fold": 3, "val_split": "tracks"})
+    assert fold.startswith("fold 3 of 5 (1/5 of each class's tracks)") and "drawn at random" in fold
+    assert "val/" in SOURCES["folder"].validation({})

@@ -37,22 +37,6 @@ CACHE_VERSION = 2  # bump when decoding or preprocessing code changes what a set
 # 2: the gtsrb split is drawn on the file list before decoding (differs from 1 only when a whole track is unreadable)
 
 
-def source_files(source: str, root: str) -> list[Path]:
-    """The folders whose files make up a file-based source (their contents are fingerprinted)."""
-    root_path = Path(root).expanduser()
-    if source == "gtsrb":
-        from gtsrb.data.gtsrb import find_test, find_train_dir
-
-        folders = [find_train_dir(root_path)]
-        test = find_test(root_path)
-        if test is not None:
-            folders += [test[0], test[1]]
-        return [f for f in folders if f is not None]
-    if source == "folder":
-        return [root_path / split for split in ("train", "val", "test") if (root_path / split).is_dir()]
-    return []
-
-
 def fingerprint(paths: list[Path]) -> str:
     """Hash of (path, size, mtime) of every file under ``paths``: changes whenever the source does."""
     digest = hashlib.sha256()

@@ -55,13 +55,13 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler,
                               Sampler, WeightedRandomSampler, default_collate)
 
-from gtsrb.classes import GTSRB_CLASS_NAMES, gtsrb_hflip_map
 from gtsrb.config import AugmentationConfig, DataConfig, MixupConfig
 from gtsrb.data.batch_augment import BatchAugment, normalize, one_thread_on_cpu, to_float
-from gtsrb.data.cache import load_or_build, source_files
+from gtsrb.data.cache import load_or_build
 from gtsrb.data.imageset import ImageSet, LazyImageSet
 from gtsrb.data.mixing import build_mixer
 from gtsrb.data.preprocess import preprocess_images
+from gtsrb.data.sources import SOURCES, Source
 from gtsrb.data.transforms import build_eval_transform
 from gtsrb.errors import UserError
 
@@ -223,82 +223,51 @@ class TrafficSignDataModule(L.LightningDataModule):
         self._seeded_rank: int | None = None  # under DDP: the rank this process's random stream was seeded for
 
     # -- loading -----------------------------------------------------------------
+    @property
+    def source(self) -> Source:
+        """The kind of data ``data.source`` names (:mod:`gtsrb.data.sources`)."""
+        return SOURCES[self.cfg.source]
+
     def prepare_data(self) -> None:
         """Download once per machine (Lightning calls this on one process only); decoding waits for setup."""
-        if self.cfg.source == "gtsrb" and self.cfg.download:
-            from gtsrb.data.gtsrb import index_gtsrb
-
-            index_gtsrb(self.cfg.root, **self._track_split, download=True)
-
-    @property
-    def _track_split(self) -> dict:
-        """Which GTSRB tracks are held out for validation (:func:`gtsrb.data.gtsrb.split_by_track`), as the
-        reader's keyword arguments: the same for downloading, decoding, the lazy path and the cache key."""
-        cfg = self.cfg
-        return {"val_fraction": cfg.val_fraction, "seed": cfg.split_seed, "how": cfg.val_split, "folds": cfg.folds,
-                "fold": cfg.fold}
+        self.source.download(self.cfg)
 
     @property
     def lazy(self) -> bool:
-        """Decode image by image in the DataLoader (``data.in_memory=false``); synthetic images are always in memory."""
-        return not self.cfg.in_memory and self.cfg.source != "synthetic"
+        """Decode image by image in the DataLoader (``data.in_memory=false``); rendered images are always in memory."""
+        return not self.cfg.in_memory and self.source.from_files
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:  # decoded already: train.py sets up early to learn the classes
             return
-        cfg = self.cfg
+        cfg, source = self.cfg, self.source
         if self.lazy:  # only the file lists: nothing decoded, nothing to cache
             self.splits, self.class_names = self._index()
-        elif cfg.source == "synthetic":  # generated, nothing to cache
+        elif not source.from_files:  # rendered, nothing to cache
             self.splits, self.class_names = self._decode()
         else:
             settings = {"source": cfg.source, "root": str(Path(cfg.root).expanduser().resolve()),
                         "image_size": cfg.image_size, "roi_crop": cfg.roi_crop, "on_corrupt": cfg.on_corrupt,
-                        "preprocess": cfg.preprocess,
-                        "split": self._track_split if cfg.source == "gtsrb" else None}
-            self.splits, self.class_names = load_or_build(cfg.cache_dir, settings,
-                                                          source_files(cfg.source, cfg.root), self._decode)
-        if cfg.source == "gtsrb" or (cfg.source == "synthetic" and cfg.num_classes == 43):
-            self.flip_map = gtsrb_hflip_map()
+                        "preprocess": cfg.preprocess, "split": source.split_key(cfg)}
+            self.splits, self.class_names = load_or_build(cfg.cache_dir, settings, source.files(cfg.root), self._decode)
+        self.flip_map = source.flip_map(cfg)
         self.augment = BatchAugment(self.aug, self.cfg.mean, self.cfg.std, self.flip_map)
         self.mixer = build_mixer(self.mix_cfg, self.num_classes)
         log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
 
     def _index(self) -> tuple[dict[str, LazyImageSet], list[str]]:
         """Every split as a list of files with labels (and tracks), split as :meth:`_decode` splits it."""
-        from gtsrb.data.gtsrb import RecordDecoder, index_gtsrb
+        from gtsrb.data.gtsrb import RecordDecoder
 
         cfg = self.cfg
-        if cfg.source == "gtsrb":
-            records = index_gtsrb(cfg.root, **self._track_split, download=False).splits()
-            class_names = list(GTSRB_CLASS_NAMES)
-        else:
-            from gtsrb.data.folder import folder_records
-
-            records, class_names = folder_records(cfg.root)
+        records, class_names = self.source.index(cfg)
         decode = RecordDecoder(cfg.image_size, cfg.roi_crop, cfg.on_corrupt, cfg.preprocess)
         return {name: LazyImageSet(split, decode) for name, split in records.items()}, class_names
 
     def _decode(self) -> tuple[dict[str, ImageSet], list[str]]:
         """Decode (or render) every split, then apply ``data.preprocess`` once."""
         cfg = self.cfg
-        if cfg.source == "gtsrb":
-            from gtsrb.data.gtsrb import load_gtsrb
-
-            splits = load_gtsrb(cfg.root, cfg.image_size, **self._track_split, download=False,
-                                roi_crop=cfg.roi_crop, on_corrupt=cfg.on_corrupt)
-            class_names = list(GTSRB_CLASS_NAMES)
-        elif cfg.source == "synthetic":
-            from gtsrb.data.synthetic import make_synthetic
-
-            sizes = {"train": cfg.train_per_class, "val": cfg.val_per_class, "test": cfg.test_per_class}
-            splits = {split: make_synthetic(n, cfg.image_size, seed=self.seed * 1000 + i, num_classes=cfg.num_classes)
-                      for i, (split, n) in enumerate(sizes.items()) if n > 0}
-            class_names = list(GTSRB_CLASS_NAMES[: cfg.num_classes])
-        else:
-            from gtsrb.data.folder import load_folder
-
-            splits, class_names = load_folder(cfg.root, cfg.image_size, on_corrupt=cfg.on_corrupt)
+        splits, class_names = self.source.decode(cfg, self.seed)
         if cfg.preprocess != "none":
             splits = {name: ImageSet(preprocess_images(s.images, cfg.preprocess), s.labels, s.groups)
                       for name, s in splits.items()}

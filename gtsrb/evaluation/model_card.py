@@ -19,9 +19,8 @@ from typing import Any
 
 import yaml
 
-SOURCES = {"gtsrb": ("gtsrb", "GTSRB (German Traffic Sign Recognition Benchmark)"),
-           "synthetic": ("synthetic-traffic-signs", "synthetic traffic signs rendered by this project"),
-           "folder": ("image-folder", "a user's image folder")}
+from gtsrb.data.sources import SOURCES
+
 
 
 def headline_metrics(model_path: str | Path | None) -> dict[str, Any]:
@@ -68,7 +67,8 @@ def model_card(report: dict[str, Any], rows: list[dict], pairs: list[dict], trai
     split = report["split"]
     before = report["metrics"]["uncalibrated"]
     after = report["metrics"]["calibrated"]
-    dataset_id, dataset_name = SOURCES.get(data.get("source"), ("unknown", str(data.get("source"))))
+    source = SOURCES.get(data.get("source"))
+    dataset_id, dataset_name = (source.dataset_id, source.title) if source else ("unknown", str(data.get("source")))
     metrics = [{"type": "accuracy", "value": round(before["acc"], 5), "name": f"{split} accuracy"},
                {"type": "f1", "value": round(before["f1"], 5), "name": f"{split} macro F1"},
                {"type": "ece", "value": round(before["ece"], 5), "name": "ECE (15 bins), before temperature scaling"}]
@@ -113,8 +113,7 @@ def model_card(report: dict[str, Any], rows: list[dict], pairs: list[dict], trai
         "", "## Data and split", "",
         f"- Source: {dataset_name} (`data.source={data.get('source')}`), images at {size} px, "
         f"preprocessing `{data.get('preprocess', 'none')}`, ROI crop {bool(data.get('roi_crop'))}.",
-        f"- Validation: {data.get('val_fraction')} of each class's tracks held out whole (`data.split_seed="
-        f"{data.get('split_seed')}`), so no physical sign appears on both sides.",
+        f"- Validation: {source.validation(data) if source else 'unknown'}.",
         f"- Evaluated split: {split}, {report['num_images']} images; checkpoint `{report['checkpoint']}`.",
         "", "## Training", "",
     ]
