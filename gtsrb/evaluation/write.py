@@ -1,5 +1,5 @@
-"""Writes the evaluation report: CSVs, PNGs, the misclassified gallery, TensorBoard, the model card and
-``metrics.json``, in that order.
+"""Writes the evaluation report: the calibrated checkpoint, CSVs, the misclassified gallery, PNGs, TensorBoard,
+the model card and ``metrics.json``, in that order.
 
 Everything is measured (:mod:`gtsrb.evaluation.measure`) and drawn
 (:mod:`gtsrb.evaluation.plots`) before this runs, and ``metrics.json`` is
