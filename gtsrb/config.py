@@ -89,6 +89,15 @@ class WeightAveragingConfig:
 
 
 @dataclass
+class ResolutionConfig:
+    name: str = "fixed"  # fixed | progressive (gtsrb/resolution.py)
+    min_size: int = 24  # progressive: training image size at start_epoch
+    start_epoch: int = 0  # progressive: the size starts rising after this epoch
+    end_epoch: int = 4  # progressive: full size (data.image_size) from this epoch on
+    multiple_of: int = 4  # progressive: sizes are rounded down to a multiple of this
+
+
+@dataclass
 class FinetuningConfig:
     name: str = "two_phase"
     unfreeze_at_epoch: Optional[int] = 1  # null: the backbone stays frozen (linear probe)
@@ -126,6 +135,7 @@ class TrainConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
     weight_averaging: WeightAveragingConfig = field(default_factory=WeightAveragingConfig)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
     finetuning: FinetuningConfig = field(default_factory=FinetuningConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -155,6 +165,7 @@ _CHOICES = {
     "data.preprocess": ("none", "autocontrast", "equalize", "clahe"),
     "model.compile": ("off", "gpu", "on"),
     "weight_averaging.name": ("none", "ema"),
+    "resolution.name": ("fixed", "progressive"),
     "augmentation.hflip": ("none", "label_safe", "any"),
     "augmentation.auto_augment": (None, "randaugment", "trivialaugment"),
     "optimizer.name": ("adamw", "sgd"),
@@ -183,6 +194,10 @@ _RANGES = {  # key: (low, high), inclusive
     "mixup.cutmix_alpha": (0.0, 10.0),
     "mixup.prob": (0.0, 1.0),
     "weight_averaging.decay": (0.0, 0.99999),
+    "resolution.min_size": (8, 1024),
+    "resolution.start_epoch": (0, 100_000),
+    "resolution.end_epoch": (0, 100_000),
+    "resolution.multiple_of": (1, 64),
     "finetuning.unfreeze_at_epoch": (0, 100_000),
     "finetuning.unfreeze_blocks": (1, 1000),
     "finetuning.backbone_lr_ratio": (0.0, 10.0),
@@ -214,9 +229,27 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("data.mean and data.std need three values each (RGB), with std > 0")
     if not cfg.data.in_memory:
         _check_lazy_data(cfg.data)
+    if cfg.get("resolution") and cfg.resolution.name == "progressive":
+        _check_progressive(cfg)
     folds, fold = cfg.data.get("folds", 0), cfg.data.get("fold", 0)
     if folds and not (folds >= 2 and 0 <= fold < folds):
         raise UserError(f"data.fold={fold} of data.folds={folds}: folds must be 2 or more and fold in 0..{folds - 1}")
+
+
+def _check_progressive(cfg: DictConfig) -> None:
+    """The ramp must start no larger than the full size and end before the last epoch, so that BatchNorm's
+    statistics are last updated at the size every validation, test and export uses."""
+    res, size = cfg.resolution, cfg.data.image_size
+    if res.min_size > size:
+        raise UserError(f"resolution.min_size={res.min_size} is larger than data.image_size={size}; "
+                        f"use a resolution.min_size of at most {size}")
+    if res.start_epoch > res.end_epoch:
+        raise UserError(f"resolution.start_epoch={res.start_epoch} is after resolution.end_epoch={res.end_epoch}; "
+                        "the size rises from the first to the second")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs > 0 and res.end_epoch >= max_epochs:
+        raise UserError(f"resolution.end_epoch={res.end_epoch} leaves no epoch at data.image_size before "
+                        f"trainer.max_epochs={max_epochs}; use resolution.end_epoch={max_epochs - 1} or less")
 
 
 def _check_lazy_data(data: DictConfig) -> None:

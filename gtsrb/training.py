@@ -31,6 +31,7 @@ from gtsrb.module import TrafficSignClassifier
 from gtsrb.precision import FASTEST, resolve_precision, trains_on_gpu
 from gtsrb.preemption import PreemptionCheckpoint, exit_when_interrupted, newest_checkpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
+from gtsrb.resolution import ProgressiveResizing
 from gtsrb.search.pruning import pruning_callbacks
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.weight_averaging.name == "ema":
         callbacks.append(EMA(decay=cfg.weight_averaging.decay))
+    res = cfg.resolution
+    if res.name == "progressive":
+        callbacks.append(ProgressiveResizing(res.min_size, cfg.data.image_size, res.start_epoch, res.end_epoch,
+                                             res.multiple_of))
     ft = cfg.finetuning
     if ft.name != "full":
         if is_pretrained(cfg):
@@ -61,11 +66,11 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
     return callbacks
 
 
-def check_image_size(model: TrafficSignClassifier, image_size: int, name: str) -> None:
+def check_image_size(model: TrafficSignClassifier, image_size: int, name: str, key: str = "data.image_size") -> None:
     smallest = min_input_size(model.model)
     if image_size < smallest:
-        raise UserError(f"data.image_size={image_size} is too small for {name}, which downsamples by {smallest}; "
-                        f"use data.image_size={smallest} or more")
+        raise UserError(f"{key}={image_size} is too small for {name}, which downsamples by {smallest}; "
+                        f"use {key}={smallest} or more")
 
 
 def _single_log_stream() -> None:
@@ -115,6 +120,8 @@ def train(cfg: DictConfig) -> float:
                                   channels_last=cfg.channels_last, monitor=cfg.monitor,
                                   monitor_mode=cfg.monitor_mode)
     check_image_size(model, cfg.data.image_size, cfg.model.name)
+    if cfg.resolution.name == "progressive":
+        check_image_size(model, cfg.resolution.min_size, cfg.model.name, key="resolution.min_size")
     probe = _resolve_fastest_precision(model, cfg)
     _maybe_compile(model, cfg)
 

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -220,6 +221,7 @@ class TrafficSignDataModule(L.LightningDataModule):
         self.flip_map: Sequence[int] | None = None
         self.augment: BatchAugment | None = None
         self.mixer = None
+        self.train_image_size: int | None = None  # set per epoch by ProgressiveResizing (gtsrb/resolution.py)
         self._seeded_rank: int | None = None  # under DDP: the rank this process's random stream was seeded for
 
     # -- loading -----------------------------------------------------------------
@@ -351,9 +353,13 @@ class TrafficSignDataModule(L.LightningDataModule):
         return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
 
     def augment_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A training batch as the model sees it: augmented (uint8 batches from the batched path), then mixed."""
+        """A training batch as the model sees it: augmented (uint8 batches from the batched path), scaled to this
+        epoch's size (``resolution=progressive``), then mixed."""
         if images.dtype == torch.uint8:
             images, labels = self.augment(images, labels)
+        if self.train_image_size is not None and images.shape[-1] != self.train_image_size:
+            with one_thread_on_cpu(images):
+                images = F.interpolate(images, size=self.train_image_size, mode="bilinear", antialias=True)
         if self.mixer is not None:
             images, labels = self.mixer(images, labels)
         return images, labels
