@@ -18,14 +18,9 @@ from pathlib import Path
 
 import lightning as L
 
-try:  # process start, so data loading counts towards "time to 99%"
-    with open(f"/proc/{os.getpid()}/stat") as _f:
-        _ticks = int(_f.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/uptime") as _f:
-        _uptime = float(_f.read().split()[0])
-    _PROCESS_START = time.time() - (_uptime - _ticks / os.sysconf("SC_CLK_TCK"))
-except (OSError, ValueError, IndexError):
-    _PROCESS_START = time.time()
+from gtsrb.budget import process_start
+
+_PROCESS_START = process_start()  # so data loading counts towards "time to 99%"
 
 
 class EpochClock(L.Callback):

@@ -149,6 +149,7 @@ class TrainConfig:
     monitor_mode: str = "max"
     ckpt_path: Optional[str] = None  # resume training from this checkpoint
     test: bool = True  # evaluate the best checkpoint on the test split after training
+    time_budget_s: Optional[float] = None  # seconds from process start: trainer.max_epochs becomes what fits
     output_dir: str = "."
 
 
@@ -206,6 +207,7 @@ _RANGES = {  # key: (low, high), inclusive
     "scheduler.pct_start": (0.0, 1.0),
     "scheduler.min_lr_ratio": (0.0, 1.0),
     "label_smoothing": (0.0, 0.99),
+    "time_budget_s": (1.0, 1e7),
 }
 
 

@@ -10,9 +10,10 @@ being trained, its batch-norm statistics and the random streams of the run are n
 alternate in rounds, so a busy neighbour slows both alike, and each is judged by its fastest step: a neighbour
 only ever adds time, and one that is busy for most of the probe (the end of another run, a test starting)
 decides the medians. Judged by medians, a run of ``gtsrb_cpu_long`` that started beside another job measured bf16
-at 0.40x fp32 (1.4-2.2x on the same CPU when quiet) and trained all 28 epochs in fp32. The faster one must win by a margin (``MARGIN``): on a tie fp32 stays, because
-it needs no rounding argument. On a GPU there is nothing to measure here:
-``fastest`` means bf16 autocast where the GPU supports it (Ampere and newer), else fp16 with loss scaling.
+at 0.40x fp32 (1.4-2.2x on the same CPU when quiet) and trained all 28 epochs in fp32. The faster one must win
+by a margin (``MARGIN``): on a tie fp32 stays, because it needs no rounding argument. On a GPU there is nothing to
+measure here: ``fastest`` means bf16 autocast where the GPU supports it (Ampere and newer), else fp16 with loss
+scaling.
 """
 
 from __future__ import annotations

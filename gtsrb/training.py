@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gtsrb.averaging import EMA
+from gtsrb.budget import BudgetWatch, plan_run, process_start
 from gtsrb.config import validate
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
@@ -123,17 +124,20 @@ def train(cfg: DictConfig) -> float:
     if cfg.resolution.name == "progressive":
         check_image_size(model, cfg.resolution.min_size, cfg.model.name, key="resolution.min_size")
     probe = _resolve_fastest_precision(model, cfg)
+    resume = cfg.ckpt_path or newest_checkpoint(out)
+    plan = plan_run(cfg, model.model, datamodule, resume)
     _maybe_compile(model, cfg)
 
     history = EpochHistory()
+    watch = BudgetWatch(plan) if plan else None
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     preemption = PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides())
     callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss(), preemption,
-                 *pruning_callbacks(cfg.monitor)]
+                 *pruning_callbacks(cfg.monitor), *([watch] if watch else [])]
     trainer = _build_trainer(cfg, callbacks, loggers, out)
     with exit_when_interrupted(preemption):  # PreemptionCheckpoint saved the run and printed how to resume it
         # a run started again in its own directory (a requeued SLURM job) resumes where it was
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or newest_checkpoint(out))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
         if trainer.interrupted:
             raise UserError("training was interrupted; resume it with ckpt_path="
                             + str(out / "checkpoints" / "last.ckpt"))
@@ -164,6 +168,9 @@ def train(cfg: DictConfig) -> float:
     }
     if probe:
         report["precision_probe_s_per_step"] = probe
+    if watch:  # the plan beside what happened, to check the prediction on this machine
+        report["time_budget"] = {**watch.plan.as_dict(), "epoch_s_measured": [round(t, 1) for t in watch.epoch_s],
+                                 "done_since_process_start_s": round(time.time() - process_start(), 1)}
     if trainer.is_global_zero:  # under DDP every process has the same report (metrics reduced over all); one writes
         write_json(out / "metrics.json", report)
         _log_hparams(loggers, report)
