@@ -50,8 +50,8 @@ from gtsrb.reporting import write_json
 
 log = logging.getLogger(__name__)
 
-# gtsrb_cpu's epochs on the 2-core CPU took 1.13-1.16x (training batches + half the validation batches) x the
-# timed step (benchmarks/README.md, "The time budget"); rounded up, so a plan errs on the short side.
+# gtsrb_cpu's epochs took 1.0-1.3x (training batches + half the validation batches) x the timed step in four runs
+# on the 2-core CPU, 1.1 in the typical one (benchmarks/README.md, "The time budget"): a plan errs on the short side.
 OVERHEAD = 1.2
 EVAL_STEP_SHARE = 0.5  # a validation or test batch (no backward pass) against a training step
 
