@@ -16,7 +16,8 @@ How, and the traps it avoids:
   data, its cache and the augmentation stay at the full size: the same pose and lighting at any scale.
 * Validation, test, the precision probe, the checkpoint and everything shipped see ``data.image_size`` only, so
   the last epochs must train at that size for BatchNorm's statistics to match it: ``end_epoch`` is checked to
-  leave at least one full-size epoch.
+  leave at least one full-size epoch, in the config and again when training starts (``time_budget_s`` may
+  have planned fewer epochs than ``trainer.max_epochs``).
 * The network must accept every size on the way: ``min_size`` is checked against the model's downsampling
   (``train.py`` says which size is too small before training starts).
 """
@@ -24,6 +25,8 @@ How, and the traps it avoids:
 from __future__ import annotations
 
 import lightning as L
+
+from gtsrb.errors import UserError
 
 
 class ProgressiveResizing(L.Callback):
@@ -42,6 +45,14 @@ class ProgressiveResizing(L.Callback):
         ramp = max(0, epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)
         size = self.min_size + ramp * (self.max_size - self.min_size)
         return max(self.min_size, int(size) // self.multiple_of * self.multiple_of)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The config is checked before training; this catches an epoch count set later (``time_budget_s``)."""
+        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= self.end_epoch:
+            raise UserError(f"resolution.end_epoch={self.end_epoch} leaves no epoch at full size in the "
+                            f"{trainer.max_epochs} epochs this run trains (trainer.max_epochs, or what time_budget_s "
+                            f"planned); use resolution.end_epoch={max(0, trainer.max_epochs - 1)} or less, "
+                            "or a larger budget")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule

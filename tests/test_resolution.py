@@ -86,3 +86,15 @@ def test_a_ramp_that_cannot_work_is_refused_before_training(make_cfg, overrides,
     cfg = make_cfg("resolution=progressive", "trainer.fast_dev_run=false", "trainer.max_epochs=5", *overrides)
     with pytest.raises(UserError, match=names):
         train(cfg)
+
+
+def test_an_epoch_count_planned_below_the_ramp_stops_before_training(make_cfg):
+    """time_budget_s sets the epochs after the config was checked; the callback checks again when fit starts."""
+    cfg = make_cfg()
+    datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=0)
+    model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, ["a", "b"])
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[ProgressiveResizing(16, 32, 0, 2)])
+    with pytest.raises(UserError, match="resolution.end_epoch=2 leaves no epoch at full size.*end_epoch=1"):
+        trainer.fit(model, datamodule=datamodule)
