@@ -152,16 +152,27 @@ def plan_run(cfg: DictConfig, network: nn.Module, datamodule, resume: str | None
         images, labels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8), torch.zeros(batch).long()
     bf16 = "bf16" in str(cfg.trainer.get("precision"))
     step_s = time_training_step(network, datamodule.augment, images, labels, bf16, cfg.channels_last)
-    batches = {split: math.ceil(len(datamodule.splits.get(split, ())) / batch) for split in ("train", "val", "test")}
+    batches = {split: limited_batches(math.ceil(len(datamodule.splits.get(split, ())) / batch),
+                                      cfg.trainer.get(f"limit_{split}_batches")) for split in ("val", "test")}
+    batches["train"] = limited_batches(len(train_set) // batch, cfg.trainer.get("limit_train_batches"))  # drop_last
     closing = batches["val"] + (batches["test"] if cfg.test else 0)
-    plan = plan_epochs(budget, time.time() - process_start(), step_s, len(train_set) // batch, batches["val"],
-                       closing, cfg.trainer.get("max_epochs"))
+    plan = plan_epochs(budget, time.time() - process_start(), step_s, batches["train"], batches["val"], closing,
+                       cfg.trainer.get("max_epochs"))
     log.info("time_budget_s=%g: %d epochs of about %.0f s each fit after %.0f s of start-up (%.3f s per step in %s; "
              "trainer.max_epochs=%s is the ceiling)", budget, plan.epochs, plan.epoch_s, plan.elapsed_s, step_s,
              "bf16" if bf16 else "fp32", plan.ceiling)
     cfg.trainer.max_epochs = plan.epochs
     write_json(Path(cfg.output_dir) / "time_budget.json", plan.as_dict())
     return plan
+
+
+def limited_batches(batches: int, limit: int | float | None) -> int:
+    """The batches Lightning runs of ``batches`` under ``trainer.limit_*_batches``: a count, or a share."""
+    if limit is None:
+        return batches
+    if isinstance(limit, float):
+        return int(batches * limit)
+    return min(batches, int(limit))
 
 
 class BudgetWatch(L.Callback):

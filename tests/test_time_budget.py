@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gtsrb.budget
-from gtsrb.budget import plan_epochs, time_training_step
+from gtsrb.budget import limited_batches, plan_epochs, time_training_step
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
 from gtsrb.models.factory import build_model
@@ -48,6 +48,10 @@ def test_timing_a_step_leaves_the_network_and_the_random_stream_alone(make_cfg):
     drawn = torch.rand(1)
     torch.manual_seed(0)
     assert torch.equal(drawn, torch.rand(1))  # augmentation drew from a forked stream
+
+
+def test_plan_counts_only_the_batches_lightning_will_run():
+    assert [limited_batches(100, limit) for limit in (None, 1.0, 0.25, 10, 500)] == [100, 100, 25, 10, 100]
 
 
 @pytest.fixture
