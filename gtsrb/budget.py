@@ -13,8 +13,8 @@ How, and the traps it avoids:
 * The time per epoch is predicted from whole training steps timed on a copy of the network, in the precision the
   run will use, on a real batch: augmentation, forward, backward and AdamW (:func:`time_training_step`; the model,
   its optimiser and the run's random streams are not touched). Their mean, not their fastest: the plan is for the
-  machine as it is now, neighbours included. The precision probe's fastest forward-backward step read 20-35% below
-  a sustained step on the 2-core CPU, so a plan built on it overran. ``OVERHEAD`` adds what the timed steps leave
+  machine as it is now, neighbours included. The precision probe's fastest forward-backward step (0.107-0.120 s)
+  read 10-20% below a sustained whole step (0.131-0.132 s) on the 2-core CPU, so a plan built on it overran. ``OVERHEAD`` adds what the timed steps leave
   out (Lightning's loop, metrics, weight averaging, logging); a validation or test batch counts as half a step.
 * Time already spent counts: the budget runs from process start, so imports, decoding and building the cache are
   inside it, as they are inside the wall time a user sees.
