@@ -1,10 +1,12 @@
 """Progressive resizing: train the first epochs on smaller images, the last ones and every validation at full size.
 
-A convolution's cost grows with the pixels it sees, so an epoch at 24 px costs about 0.58x one at 32 px for
-``simple_cnn_stn`` on a 2-core CPU (benchmarks/README.md). Early in training, while the learning rate is high,
-the network learns coarse shapes that small images still show; the fine detail pays once the rate anneals.
-fast.ai's DAWNBench entries, FFCV's ImageNet recipes and EfficientNetV2's progressive learning all spend the
-saved time on more epochs. ``resolution=progressive`` does the same here.
+A convolution's cost grows with the pixels it sees, so a training step at 24 px costs about 0.63x one at 32 px
+for ``simple_cnn_stn`` on a 2-core CPU (``benchmarks/step_cost.py``). Early in training, while the learning rate
+is high, the network learns coarse shapes that small images still show; the fine detail pays once the rate
+anneals. fast.ai's DAWNBench entries, FFCV's ImageNet recipes and EfficientNetV2's progressive learning all spend
+the saved time on more epochs. ``resolution=progressive`` does the same here. On GTSRB at 32 px it did not pay:
+six epochs ramped from 24 px scored below five at full size that took as long (benchmarks/README.md), so no
+recipe uses it; it is for larger images, whose early epochs have detail to spare.
 
 How, and the traps it avoids:
 
