@@ -49,8 +49,9 @@ class ProgressiveResizing(L.Callback):
         return max(self.min_size, int(size) // self.multiple_of * self.multiple_of)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The config is checked before training; this catches an epoch count set later (``time_budget_s``)."""
-        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= self.end_epoch:
+        """The config is checked before training; this catches an epoch count set later (``time_budget_s``).
+        ``fast_dev_run`` (one batch, one epoch) is a smoke test of the ramp's first size, and passes."""
+        if not trainer.fast_dev_run and trainer.max_epochs is not None and 0 < trainer.max_epochs <= self.end_epoch:
             raise UserError(f"resolution.end_epoch={self.end_epoch} leaves no epoch at full size in the "
                             f"{trainer.max_epochs} epochs this run trains (trainer.max_epochs, or what time_budget_s "
                             f"planned); use resolution.end_epoch={max(0, trainer.max_epochs - 1)} or less, "
