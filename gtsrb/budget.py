@@ -14,8 +14,9 @@ How, and the traps it avoids:
   run will use, on a real batch: augmentation, forward, backward and AdamW (:func:`time_training_step`; the model,
   its optimiser and the run's random streams are not touched). Their mean, not their fastest: the plan is for the
   machine as it is now, neighbours included. The precision probe's fastest forward-backward step (0.107-0.120 s)
-  read 10-20% below a sustained whole step (0.131-0.132 s) on the 2-core CPU, so a plan built on it overran. ``OVERHEAD`` adds what the timed steps leave
-  out (Lightning's loop, metrics, weight averaging, logging); a validation or test batch counts as half a step.
+  read 10-20% below a sustained whole step (0.131-0.132 s) on the 2-core CPU, so a plan built on it overran.
+  ``OVERHEAD`` adds what the timed steps leave out (Lightning's loop, metrics, weight averaging, logging); a
+  validation or test batch counts as half a step.
 * Time already spent counts: the budget runs from process start, so imports, decoding and building the cache are
   inside it, as they are inside the wall time a user sees.
 * The plan is a number of epochs, written into ``trainer.max_epochs`` and ``metrics.json`` (``time_budget``), so
@@ -29,6 +30,7 @@ How, and the traps it avoids:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -45,7 +47,7 @@ from torch import nn
 
 from gtsrb.data.imageset import ImageSet
 from gtsrb.errors import UserError
-from gtsrb.precision import trains_on_gpu
+from gtsrb.precision import several_processes, trains_on_gpu
 from gtsrb.reporting import write_json
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ OVERHEAD = 1.2
 EVAL_STEP_SHARE = 0.5  # a validation or test batch (no backward pass) against a training step
 
 
+@functools.cache
 def process_start() -> float:
     """When this process started (``time.time()`` scale): the budget and the benchmark's clock count from here."""
     try:
@@ -137,9 +140,8 @@ def plan_run(cfg: DictConfig, network: nn.Module, datamodule, resume: str | None
         log.info("time_budget_s: resuming the plan of %s: %d epochs", saved.parent, plan.epochs)
         cfg.trainer.max_epochs = plan.epochs
         return plan
-    devices, strategy, on_gpu = cfg.trainer.get("devices"), str(cfg.trainer.get("strategy", "auto")), \
-        trains_on_gpu(cfg.trainer.get("accelerator"))
-    if "ddp" in strategy or (isinstance(devices, int) and devices > 1) or on_gpu:
+    on_gpu = trains_on_gpu(cfg.trainer.get("accelerator"))
+    if several_processes(cfg.trainer) or on_gpu:
         raise UserError(f"time_budget_s={budget} times training steps on the CPU in one process, but this run trains "
                         f"on {'a GPU' if on_gpu else 'several processes'}; set time_budget_s=null and choose "
                         "trainer.max_epochs")

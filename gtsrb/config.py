@@ -239,8 +239,9 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_progressive(cfg: DictConfig) -> None:
-    """The ramp must start no larger than the full size and end before the last epoch, so that BatchNorm's
-    statistics are last updated at the size every validation, test and export uses."""
+    """The ramp must start no larger than the full size and rise forwards. That it ends before the last epoch is
+    checked when training starts (:class:`~gtsrb.resolution.ProgressiveResizing`), once the epoch count is known:
+    ``time_budget_s`` may set it after this check."""
     res, size = cfg.resolution, cfg.data.image_size
     if res.min_size > size:
         raise UserError(f"resolution.min_size={res.min_size} is larger than data.image_size={size}; "
@@ -248,10 +249,6 @@ def _check_progressive(cfg: DictConfig) -> None:
     if res.start_epoch > res.end_epoch:
         raise UserError(f"resolution.start_epoch={res.start_epoch} is after resolution.end_epoch={res.end_epoch}; "
                         "the size rises from the first to the second")
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and max_epochs > 0 and res.end_epoch >= max_epochs:
-        raise UserError(f"resolution.end_epoch={res.end_epoch} leaves no epoch at data.image_size before "
-                        f"trainer.max_epochs={max_epochs}; use resolution.end_epoch={max_epochs - 1} or less")
 
 
 def _check_lazy_data(data: DictConfig) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -30,6 +31,13 @@ log = logging.getLogger(__name__)
 FASTEST = "fastest"
 CONTENDERS = ("32-true", "bf16-mixed")
 MARGIN = 1.05  # bf16 must be at least 5% faster per step to be chosen
+
+
+def several_processes(trainer: Mapping) -> bool:
+    """Whether ``conf/trainer`` settings start more than one process (a DDP strategy, or several devices): a
+    measurement made in one of them would be made, and acted on, by each on its own."""
+    devices = trainer.get("devices")
+    return "ddp" in str(trainer.get("strategy", "")) or (isinstance(devices, int) and devices > 1)
 
 
 def trains_on_gpu(accelerator: str | None) -> bool:

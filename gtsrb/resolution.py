@@ -18,8 +18,8 @@ How, and the traps it avoids:
   data, its cache and the augmentation stay at the full size: the same pose and lighting at any scale.
 * Validation, test, the precision probe, the checkpoint and everything shipped see ``data.image_size`` only, so
   the last epochs must train at that size for BatchNorm's statistics to match it: ``end_epoch`` is checked to
-  leave at least one full-size epoch, in the config and again when training starts (``time_budget_s`` may
-  have planned fewer epochs than ``trainer.max_epochs``).
+  leave at least one full-size epoch when training starts, once the epoch count is known (``time_budget_s``
+  may have planned fewer epochs than ``trainer.max_epochs``).
 * The network must accept every size on the way: ``min_size`` is checked against the model's downsampling
   (``train.py`` says which size is too small before training starts).
 """
@@ -49,7 +49,7 @@ class ProgressiveResizing(L.Callback):
         return max(self.min_size, int(size) // self.multiple_of * self.multiple_of)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The config is checked before training; this catches an epoch count set later (``time_budget_s``).
+        """At least one epoch at full size, whoever set the epochs (``trainer.max_epochs`` or ``time_budget_s``).
         ``fast_dev_run`` (one batch, one epoch) is a smoke test of the ramp's first size, and passes."""
         if not trainer.fast_dev_run and trainer.max_epochs is not None and 0 < trainer.max_epochs <= self.end_epoch:
             raise UserError(f"resolution.end_epoch={self.end_epoch} leaves no epoch at full size in the "

@@ -29,7 +29,7 @@ from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.metrics import accuracy_interval, split_accuracy_interval
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
-from gtsrb.precision import FASTEST, resolve_precision, trains_on_gpu
+from gtsrb.precision import FASTEST, resolve_precision, several_processes, trains_on_gpu
 from gtsrb.preemption import PreemptionCheckpoint, exit_when_interrupted, newest_checkpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 from gtsrb.resolution import ProgressiveResizing
@@ -239,11 +239,10 @@ def _resolve_fastest_precision(model: TrafficSignClassifier, cfg: DictConfig) ->
     ``metrics.json`` and the logged hyperparameters say what the run trained in. Returns the probe's timings."""
     if cfg.trainer.get("precision") != FASTEST:
         return {}
-    devices = cfg.trainer.get("devices")
-    if "ddp" in str(cfg.trainer.get("strategy", "")) or (isinstance(devices, int) and devices > 1):
-        # each process would measure, and might choose, on its own
+    if several_processes(cfg.trainer):  # each process would measure, and might choose, on its own
         raise UserError(f"trainer.precision=fastest measures one process, but trainer.strategy="
-                        f"{cfg.trainer.get('strategy', 'auto')} trainer.devices={devices} starts several; "
+                        f"{cfg.trainer.get('strategy', 'auto')} trainer.devices={cfg.trainer.get('devices')} starts "
+                        "several; "
                         "set trainer.precision=32-true or bf16-mixed")
     size = cfg.data.image_size
     precision, seconds = resolve_precision(model.model, (cfg.data.batch_size, 3, size, size), cfg.channels_last,
