@@ -236,6 +236,11 @@ def validate(cfg: DictConfig) -> None:
     folds, fold = cfg.data.get("folds", 0), cfg.data.get("fold", 0)
     if folds and not (folds >= 2 and 0 <= fold < folds):
         raise UserError(f"data.fold={fold} of data.folds={folds}: folds must be 2 or more and fold in 0..{folds - 1}")
+    source = SOURCES[cfg.data.source]
+    if folds and not source.draws_validation:
+        raise UserError(f"data.folds={folds}: data.source={source.name} validates on {source.validation(cfg.data)}, "
+                        "so every fold would be the same run; k-fold cross-validation needs data=gtsrb, "
+                        "or set data.folds=0")
 
 
 def _check_progressive(cfg: DictConfig) -> None:

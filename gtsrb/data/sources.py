@@ -27,6 +27,7 @@ class Source:
     dataset_id: str  # the model card's dataset tag
     title: str  # the model card's words for it
     from_files = True  # decoded from image files: cached by fingerprint, and readable one image at a time
+    draws_validation = False  # holds out part of its training data itself, so data.folds can pick another part
 
     def download(self, cfg: Mapping) -> None:
         """Fetch the data where the source can (``data.download=true``); called once per machine."""
@@ -62,6 +63,7 @@ class GTSRB(Source):
     """The official GTSRB archives (torchvision's layout or the official one); validation holds out whole tracks."""
 
     name, dataset_id, title = "gtsrb", "gtsrb", "GTSRB (German Traffic Sign Recognition Benchmark)"
+    draws_validation = True
 
     @staticmethod
     def track_split(cfg: Mapping) -> dict:
