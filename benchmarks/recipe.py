@@ -3,7 +3,8 @@
 The protocol (benchmarks/README.md, "Five folds of blocks"): every seed trains once on each of five folds of
 held-out blocks of tracks. A recipe's figure is its mean over the folds, per seed; two recipes are compared by
 their differences on the same (seed, fold), because which tracks a fold holds out moved one recipe by more
-than a point, while it moves two recipes alike.
+than a point, while it moves two recipes alike. The arithmetic is :mod:`gtsrb.crossval`'s, which a sweep over
+``data.fold`` uses too; this adds the clock: time to a target accuracy on the protocol.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from gtsrb import crossval
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,8 +56,8 @@ def summarise_recipe(run_dirs: list[Path], targets: list[float]) -> dict:
                      "time_to_target_s": {str(target): first[target] for target in targets},
                      "curve": [[row["since_process_start_s"], row["val_acc"]] for row in clock],
                      "loadavg_during": [row["loadavg"][0] for row in clock]})
-    summary = {"targets": targets, "runs": runs, "best_val_acc": _spread([r["best_val_acc"] for r in runs]),
-               "last_val_acc": _spread([r["last_val_acc"] for r in runs]),
+    summary = {"targets": targets, "runs": runs, "best_val_acc": crossval.spread([r["best_val_acc"] for r in runs]),
+               "last_val_acc": crossval.spread([r["last_val_acc"] for r in runs]),
                "wall_s_mean": round(statistics.mean(r["wall_s"] for r in runs), 1),
                "done_s_mean": round(statistics.mean(r["done_s"] for r in runs), 1)}
     if any(r["fold"] for r in runs):
@@ -63,24 +66,22 @@ def summarise_recipe(run_dirs: list[Path], targets: list[float]) -> dict:
 
 
 def over_folds(runs: list[dict], targets: list[float] = ()) -> dict:
-    """The protocol's figure: each seed's mean over its folds (seeds that ran every fold), then their mean and
-    spread over seeds; so "three seeds" means three five-fold figures, not fifteen runs pooled.
+    """The protocol's figure (:func:`gtsrb.crossval.seed_figures`): each seed's mean over its folds (seeds that
+    ran every fold), then their mean and spread over seeds; so "three seeds" means three five-fold figures, not
+    fifteen runs pooled.
 
     Time to a target on the protocol: the first epoch at which the seed's mean over folds reaches it, at the
     folds' mean time to that epoch (runs with a curve of equal length only)."""
-    by_seed: dict[int, list[dict]] = {}
-    for run in runs:
-        if run["fold"]:
-            by_seed.setdefault(run["seed"], []).append(run)
-    folds = max(int(r["fold"].split(" of ")[1]) for r in runs if r["fold"])
-    complete = {seed: rs for seed, rs in sorted(by_seed.items()) if len({r["fold"] for r in rs}) == folds}
-    result = {"folds": folds, "seeds": list(complete), "incomplete_seeds": sorted(set(by_seed) - set(complete))}
+    fold_runs = [run for run in runs if run["fold"]]
+    folds = max(int(r["fold"].split(" of ")[1]) for r in fold_runs)
+    result: dict = {"folds": folds}
     for key in ("best_val_acc", "last_val_acc"):
-        per_seed = {seed: statistics.mean(r[key] for r in rs) for seed, rs in complete.items()}
-        result[key] = {"per_seed": {str(s): round(v, 5) for s, v in per_seed.items()},
-                       **_spread(list(per_seed.values()))} if per_seed else None
-    result["time_to_target_s"] = {str(t): {str(seed): _time_to(rs, t) for seed, rs in complete.items()}
-                                  for t in targets}
+        figures, incomplete = crossval.seed_figures({(r["seed"], r["fold"]): r[key] for r in fold_runs}, folds)
+        result[key] = {"per_seed": {str(s): round(v, 5) for s, v in figures.items()},
+                       **crossval.spread(list(figures.values()))} if figures else None
+    result["seeds"], result["incomplete_seeds"] = list(figures), incomplete
+    result["time_to_target_s"] = {str(t): {str(seed): _time_to([r for r in fold_runs if r["seed"] == seed], t)
+                                           for seed in figures} for t in targets}
     return result
 
 
@@ -96,17 +97,11 @@ def _time_to(runs: list[dict], target: float) -> float | None:
 
 
 def paired_difference(runs: list[dict], baseline: list[dict], key: str = "last_val_acc") -> dict | None:
-    """``runs`` minus ``baseline`` on every (seed, fold) both ran: the mean difference and its standard error
-    over those pairs. ``None`` when they share no (seed, fold)."""
-    theirs = {(r["seed"], r["fold"]): r[key] for r in baseline}
-    pairs = [(r["seed"], r["fold"], r[key] - theirs[(r["seed"], r["fold"])])
-             for r in runs if (r["seed"], r["fold"]) in theirs]
-    if not pairs:
-        return None
-    diffs = [d for _, _, d in pairs]
-    stderr = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    return {"key": key, "pairs": [{"seed": s, "fold": f, "difference": round(d, 5)} for s, f, d in pairs],
-            "mean": round(statistics.mean(diffs), 5), "stderr": round(stderr, 5)}
+    """``runs`` minus ``baseline`` on every (seed, fold) both ran (:func:`gtsrb.crossval.paired_difference`).
+    ``None`` when they share no (seed, fold)."""
+    paired = crossval.paired_difference({(r["seed"], r["fold"]): r[key] for r in runs},
+                                        {(r["seed"], r["fold"]): r[key] for r in baseline})
+    return None if paired is None else {"key": key, **paired}
 
 
 def compare_with(runs: list[dict], baseline_json: str | Path) -> dict:
@@ -170,8 +165,3 @@ def _seconds(values: list[float | None]) -> str:
     if not values or any(v is None for v in values):
         return "not reached" if values else ""
     return f"{statistics.mean(values):.0f}"
-
-
-def _spread(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 5),
-            "std": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0}

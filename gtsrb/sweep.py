@@ -3,6 +3,10 @@
 Each job writes ``metrics.json`` into its own sub-directory; when the sweep
 ends the table lists every job's overrides next to its monitored metric and
 final scores, best first, so a sweep answers its question at a glance.
+
+A sweep over ``data.fold`` is cross-validation: ``summary.md`` then also has one
+row per choice, its figure over the folds and its difference from the best
+choice fold by fold (:mod:`gtsrb.crossval`), and ``crossval.csv`` the same rows.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from gtsrb.crossval import compare_choices
 from gtsrb.metrics import HEADLINE
 
 log = logging.getLogger(__name__)
-
 
 
 def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -38,8 +42,30 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         row["epochs"], row["seconds"] = report.get("epochs"), report.get("seconds")
         row["checkpoint"] = report.get("best_checkpoint", "")
         row["error"] = report.get("error", "")
+        row.update(_fold(report, overrides))
         rows.append(row)
     return rows
+
+
+def _fold(report: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """For a run on one of ``data.folds``: its seed, fold and number of folds, its choice (the overrides less
+    seed and fold: the runs of one choice differ only in those) and the monitored value at its last epoch, the
+    score cross-validation averages. Empty for other runs."""
+    config = report.get("config") or {}
+    data = config.get("data") or {}
+    if not data.get("folds"):
+        return {}
+    monitor = report["monitor"]
+    last = next((epoch[monitor] for epoch in reversed(report.get("history") or []) if monitor in epoch), None)
+    choice = " ".join(o for o in overrides if not o.startswith(("seed=", "data.fold=")))
+    return {"choice": choice, "seed": config.get("seed"), "fold": data["fold"], "folds": data["folds"],
+            "last_score": last}
+
+
+def fold_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The completed runs of a cross-validation, as :func:`gtsrb.crossval.compare_choices` takes them."""
+    return [{"choice": r["choice"], "seed": r["seed"], "fold": r["fold"], "folds": r["folds"], "score": r["last_score"]}
+            for r in rows if r.get("folds") and r["status"] == "completed" and r["last_score"] is not None]
 
 
 def sort_runs(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
@@ -63,8 +89,60 @@ def write_summary(sweep_dir: Path, monitor: str, mode: str) -> list[dict[str, An
         writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    (sweep_dir / "summary.md").write_text(f"# Sweep summary, sorted by {monitor} ({mode})\n\n" + "\n".join(lines) + "\n")
+    text = f"# Sweep summary, sorted by {monitor} ({mode})\n\n" + "\n".join(lines) + "\n"
+    folds = fold_runs(rows)
+    if folds:
+        table = crossval_table(compare_choices(folds, mode))
+        with open(sweep_dir / "crossval.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+        text += "\n" + crossval_markdown(table, monitor)
+    (sweep_dir / "summary.md").write_text(text)
     return rows
+
+
+def crossval_table(choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per choice of :func:`gtsrb.crossval.compare_choices`, best first, each named by the overrides
+    that set it apart (all of them when there is one choice)."""
+    shared = set.intersection(*(set(c["choice"].split()) for c in choices)) if len(choices) > 1 else set()
+    table = []
+    for i, choice in enumerate(choices):
+        figure, paired = choice["figure"], choice.get("paired_with_best")
+        name = " ".join(o for o in choice["choice"].split() if o not in shared)
+        table.append({"choice": name or "(no overrides)", "folds": choice["folds"],
+                      "seeds": " ".join(map(str, choice["seeds"])) or "none complete",
+                      "figure": figure["mean"] if figure else None,
+                      "std_over_seeds": figure["std"] if figure and len(choice["seeds"]) > 1 else None,
+                      "std_over_folds": choice["std_over_folds"],
+                      "difference_from_best": 0.0 if i == 0 and figure else (paired or {}).get("mean"),
+                      "stderr": (paired or {}).get("stderr"),
+                      "pairs": len(paired["pairs"]) if paired else None,
+                      "runs": len(choice["scores"]),
+                      "incomplete_seeds": " ".join(map(str, choice["incomplete_seeds"]))})
+    return table
+
+
+def crossval_markdown(table: list[dict[str, Any]], monitor: str) -> str:
+    lines = [f"## Cross-validation: {monitor} at the last epoch", "",
+             "Figure: each seed's mean over all the folds, then the mean over seeds. Two choices differ by the mean "
+             "of their differences on the same (seed, fold), with its standard error; the folds move every choice "
+             "alike, so their spread (std over folds) says little about the difference.", "",
+             "| choice | folds | seeds | figure | std over seeds | std over folds | "
+             "difference from the best (standard error, pairs) | runs | seeds missing a fold |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for row in table:
+        diff = row["difference_from_best"]
+        if diff is None:
+            compared = ""
+        elif row["pairs"] is None:
+            compared = "best"
+        else:
+            compared = f"{diff:+.4f} ({row['stderr']:.4f}, {row['pairs']})"
+        lines.append(f"| {row['choice']} | {row['folds']} | {row['seeds']} | {_cell(row['figure'])} | "
+                     f"{_cell(row['std_over_seeds'])} | {_cell(row['std_over_folds'])} | {compared} | {row['runs']} | "
+                     f"{row['incomplete_seeds']} |")
+    return "\n".join(lines) + "\n"
 
 
 class SweepSummary(Callback):
@@ -82,6 +160,8 @@ class SweepSummary(Callback):
         rows = write_summary(sweep_dir, config.monitor, config.monitor_mode)
         if rows:
             print(f"sweep summary ({len(rows)} runs, best first): {sweep_dir / 'summary.md'}", flush=True)
+        if fold_runs(rows):
+            print(f"cross-validation, one figure per choice: {sweep_dir / 'summary.md'}", flush=True)
         failed = [row for row in rows if row["status"] == "failed"]
         completed = [row for row in rows if row["status"] == "completed"]
         if failed and (self.failed_jobs_are_fatal or not completed):
