@@ -42,29 +42,28 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         row["epochs"], row["seconds"] = report.get("epochs"), report.get("seconds")
         row["checkpoint"] = report.get("best_checkpoint", "")
         row["error"] = report.get("error", "")
-        row.update(_fold(report, overrides))
+        row.update(_fold(report))
         rows.append(row)
     return rows
 
 
-def _fold(report: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """For a run on one of ``data.folds``: its seed, fold and number of folds, its choice (the overrides less
-    seed and fold: the runs of one choice differ only in those) and the monitored value at its last epoch, the
-    score cross-validation averages. Empty for other runs."""
+def _fold(report: dict[str, Any]) -> dict[str, Any]:
+    """For a run on one of ``data.folds``: its seed, fold and number of folds, and the monitored value at its
+    last epoch, the score cross-validation averages. Empty for other runs."""
     config = report.get("config") or {}
     data = config.get("data") or {}
     if not data.get("folds"):
         return {}
     monitor = report["monitor"]
     last = next((epoch[monitor] for epoch in reversed(report.get("history") or []) if monitor in epoch), None)
-    choice = " ".join(o for o in overrides if not o.startswith(("seed=", "data.fold=")))
-    return {"choice": choice, "seed": config.get("seed"), "fold": data["fold"], "folds": data["folds"],
-            "last_score": last}
+    return {"seed": config.get("seed"), "fold": data["fold"], "folds": data["folds"], "last_score": last}
 
 
 def fold_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The completed runs of a cross-validation, as :func:`gtsrb.crossval.compare_choices` takes them."""
-    return [{"choice": r["choice"], "seed": r["seed"], "fold": r["fold"], "folds": r["folds"], "score": r["last_score"]}
+    """The completed runs of a cross-validation, as :func:`gtsrb.crossval.compare_choices` takes them: a run's
+    choice is its overrides less seed and fold, the only things the runs of one choice differ in."""
+    return [{"choice": " ".join(o for o in r["overrides"].split() if not o.startswith(("seed=", "data.fold="))),
+             "seed": r["seed"], "fold": r["fold"], "folds": r["folds"], "score": r["last_score"]}
             for r in rows if r.get("folds") and r["status"] == "completed" and r["last_score"] is not None]
 
 

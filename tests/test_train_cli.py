@@ -86,6 +86,25 @@ def test_multirun_sweeps_every_combination_and_writes_a_summary(tmp_path):
     assert "| job |" in (sweep / "summary.md").read_text()
 
 
+def test_a_sweep_over_folds_ends_with_one_figure_per_choice(gtsrb_root, tmp_path):
+    """Each choice's figure is the mean of its folds' last-epoch accuracies, as the jobs' own reports give them."""
+    sweep = tmp_path / "sweep"
+    run_train("-m", "data=gtsrb", f"data.root={gtsrb_root}", "data.folds=2", "data.fold=0,1", "mixup=none,cutmix",
+              "model=simple_cnn", "model.pretrained=false", "data.batch_size=8", "trainer.max_epochs=1", "seed=3",
+              "callbacks.progress_bar=null", "test=false", f"hydra.sweep.dir={sweep}")
+    last: dict[str, list[float]] = {}
+    for report in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")):
+        mixup = next(o for o in report["overrides"] if o.startswith("mixup="))
+        last.setdefault(mixup, []).append(report["history"][-1]["val/acc"])
+    with open(sweep / "crossval.csv") as f:
+        table = {row["choice"]: row for row in csv.DictReader(f)}
+    assert set(table) == {"mixup=none", "mixup=cutmix"} and all(len(v) == 2 for v in last.values())
+    for choice, row in table.items():
+        assert float(row["figure"]) == pytest.approx(sum(last[choice]) / 2, abs=1e-5)  # rounded to 5 places
+        assert row["seeds"] == "3" and row["runs"] == "2"  # the seed and the folds are not the choice
+    assert "## Cross-validation" in (sweep / "summary.md").read_text()
+
+
 def _error_line(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
