@@ -53,6 +53,9 @@ class ModelConfig:
     pretrained: bool = False
     weights: Optional[str] = None  # local weights file used instead of the download
     drop_rate: float = 0.2
+    # passed on to the network's constructor, as timm's --model-kwargs: e.g. widths=[48,96,192] for simple_cnn,
+    # drop_path_rate=0.1 for a timm model
+    kwargs: dict[str, Any] = field(default_factory=dict)
     compile: str = "off"  # off | gpu (torch.compile when training on CUDA) | on (also on CPU: minutes of compiling)
 
 
@@ -274,22 +277,24 @@ def _check_lazy_data(data: DictConfig) -> None:
 # --------------------------------------------------------------------------- evaluate.py
 
 
-def _overrides_of(schema: type, name: str) -> type:
-    """The fields of ``schema``, each optional and ``None`` by default.
+def _overrides_of(schema: type, name: str, exclude: tuple[str, ...] = ()) -> type:
+    """The fields of ``schema`` less ``exclude``, each optional and ``None`` by default.
 
     ``evaluate.py`` takes the data and model config from the checkpoint; a
     value set here replaces the checkpoint's (``data.root=/elsewhere``), and a
-    misspelt key is still rejected while composing.
+    misspelt key, or one that may not change, is rejected while composing.
     """
     import typing
     from dataclasses import fields, make_dataclass
 
     hints = typing.get_type_hints(schema)
-    return make_dataclass(name, [(f.name, Optional[hints[f.name]], None) for f in fields(schema)])
+    return make_dataclass(name, [(f.name, Optional[hints[f.name]], None) for f in fields(schema)
+                                 if f.name not in exclude])
 
 
 DataOverrides = _overrides_of(DataConfig, "DataOverrides")
-ModelOverrides = _overrides_of(ModelConfig, "ModelOverrides")
+# model.kwargs shape the network its checkpoint's weights were trained in: they always come from the checkpoint
+ModelOverrides = _overrides_of(ModelConfig, "ModelOverrides", exclude=("kwargs",))
 
 
 @dataclass

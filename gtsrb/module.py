@@ -34,7 +34,8 @@ class TrafficSignClassifier(L.LightningModule):
         # logger=False: train.py logs the hyperparameters once, together with the final metrics
         self.save_hyperparameters(logger=False)
         self.model = build_model(model["name"], len(class_names), pretrained=model.get("pretrained", False),
-                                 weights=model.get("weights"), drop_rate=model.get("drop_rate", 0.0))
+                                 weights=model.get("weights"), drop_rate=model.get("drop_rate", 0.0),
+                                 kwargs=model.get("kwargs"))
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Softmax temperature fitted after training (see evaluation); 1 means uncalibrated.

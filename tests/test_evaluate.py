@@ -225,6 +225,8 @@ def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
     ("split=train", "split=train is not a valid choice"),
     ("fgsm_epsilons=[2]", "must lie in [0, 1]"),
     ("gradcam_method=cam", "gradcam_method=cam is not a valid choice"),
+    ("+model.kwargs.widths=[8]", "model.kwargs come from the checkpoint"),
+    ("+model.widths=[8]", "model.widths is not a model setting"),
 ])
 def test_bad_options_are_one_line(tmp_path, override, message):
     from gtsrb.evaluation.run import evaluate

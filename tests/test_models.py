@@ -71,3 +71,52 @@ def test_multiscale_features_reach_the_classifier_past_the_last_stage(multiscale
     logits = model(images)
     assert torch.allclose(logits, model.forward_head(features))
     assert torch.allclose(logits[0], logits[1], atol=1e-5) != multiscale
+
+
+def test_model_kwargs_reach_the_network_and_its_checkpoint_rebuilds_it(make_cfg, tmp_path):
+    """``+model.kwargs.widths`` widens simple_cnn, and a checkpoint of the wider network loads back as itself,
+    because the kwargs travel in its hyperparameters."""
+    from gtsrb.checkpoint import load_classifier
+    from gtsrb.module import TrafficSignClassifier
+
+    cfg = make_cfg("model=simple_cnn", "+model.kwargs.widths=[8,16,24]")
+    module = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, [f"c{i}" for i in range(5)]).eval()
+    assert [info["num_chs"] for info in module.model.feature_info] == [8, 16, 24]
+    assert module.model.get_classifier().in_features == 24
+    path = tmp_path / "wide.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    loaded = load_classifier(path)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded(images), module(images))
+
+
+def test_model_kwargs_override_what_the_model_name_sets():
+    model = build_model("resnet_gtsrb_s", num_classes=43, kwargs={"widths": [8, 16, 24, 32]})
+    assert [info["num_chs"] for info in model.feature_info] == [8, 16, 24, 32]
+
+
+def test_model_kwargs_reach_a_timm_model():
+    from timm.layers import DropPath
+
+    def drop_probs(model):
+        return [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+
+    assert drop_probs(build_model("resnet18", num_classes=43)) == []
+    deeper = build_model("resnet18", num_classes=43, kwargs={"drop_path_rate": 0.1})
+    assert max(drop_probs(deeper)) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "named"), [
+    ("simple_cnn", {"widht": [8, 16]}, "model.kwargs.widht=[8, 16]"),  # misspelt: not silently dropped
+    ("simple_cnn", {"widths": 5}, "model.kwargs.widths=5"),
+    ("resnet18", {"foo": 1}, "model.kwargs.foo=1"),
+    ("simple_cnn", {"widths": []}, "model.kwargs.widths=[]"),  # builds, then cannot classify
+    ("resnet18", {"global_pool": ""}, "model.kwargs.global_pool="),
+    ("simple_cnn", {"in_chans": 1}, "model.kwargs.in_chans is set by the images' 3 RGB channels"),
+    ("simple_cnn", {"drop_rate": 0.5}, "model.kwargs.drop_rate is set by model.drop_rate"),
+    ("resnet18", {"num_classes": 3}, "model.kwargs.num_classes is set by the data's classes"),
+])
+def test_model_kwargs_the_network_cannot_take_are_one_line_errors(name, kwargs, named):
+    with pytest.raises(UserError) as info:
+        build_model(name, num_classes=43, kwargs=kwargs)
+    assert named in str(info.value) and "\n" not in str(info.value)

@@ -130,7 +130,8 @@ def test_bad_overrides_fail_fast_with_one_line(args, expected, tmp_path):
     (["data=gtsrb", "data.root=/nonexistent/gtsrb"], ["/nonexistent/gtsrb", "data.download"]),
     (["model=resnet18", "model.pretrained=false", "data.image_size=16"], ["data.image_size=16", "data.image_size=32"]),
     (["model=resnet18", "model.pretrained=true"], ["model.pretrained=false", "model.weights="]),
-], ids=["missing-dataset", "image-too-small", "offline-pretrained"])
+    (["model=simple_cnn", "+model.kwargs.widht=[8]"], ["simple_cnn", "model.kwargs.widht=[8]", "widht"]),
+], ids=["missing-dataset", "image-too-small", "offline-pretrained", "misspelt-model-kwarg"])
 def test_runtime_problems_fail_with_one_line(args, expected, tmp_path):
     line = _error_line(run_train(*TINY_RUN, *args, f"hydra.run.dir={tmp_path / 'run'}", check=False))
     for text in expected:

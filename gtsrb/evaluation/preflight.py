@@ -6,8 +6,11 @@ in a path or an option fails within a second, with one line.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from omegaconf import DictConfig, OmegaConf
 
+from gtsrb.config import ModelOverrides
 from gtsrb.errors import UserError
 
 SPLITS = ("test", "val")
@@ -27,5 +30,18 @@ def check_options(cfg: DictConfig) -> None:
                         "e.g. fgsm_epsilons=[0.004,0.008,0.016,0.031]")
     if cfg.gallery_size < 0 or cfg.top_confused < 0 or cfg.tta_shift < 0:
         raise UserError("gallery_size, top_confused and tta_shift must be 0 or more")
+    _check_model_overrides(cfg.model)
     if cfg.device != "auto" and cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         raise UserError(f"device={cfg.device} is not one of auto, cpu, cuda; use device=auto")
+
+
+def _check_model_overrides(model: DictConfig) -> None:
+    """``+model.<key>`` gets past the schema (Hydra's ``+`` may add any key): only the schema's keys may replace
+    the checkpoint's, and never ``model.kwargs``, which built the network the checkpoint's weights fit."""
+    settable = [f.name for f in fields(ModelOverrides)]
+    for key in model:
+        if key == "kwargs":
+            raise UserError("model.kwargs come from the checkpoint: its weights fit the network they built; "
+                            "remove the model.kwargs override")
+        if key not in settable:
+            raise UserError(f"model.{key} is not a model setting; override one of: {', '.join(settable)}")

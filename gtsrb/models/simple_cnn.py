@@ -27,7 +27,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 class SimpleCNN(PooledClassifier):
     def __init__(self, num_classes: int = 43, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128),
-                 drop_rate: float = 0.2, stn: bool = False, multiscale: bool = False, **_: object) -> None:
+                 drop_rate: float = 0.2, stn: bool = False, multiscale: bool = False) -> None:
         super().__init__()
         self.stn = SpatialTransformer(in_chans) if stn else nn.Identity()
         self.multiscale = multiscale

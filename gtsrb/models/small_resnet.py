@@ -43,7 +43,7 @@ class SmallResNet(PooledClassifier):
     """Stem (3x3 conv) then one stage per width; every stage after the first halves the resolution."""
 
     def __init__(self, num_classes: int = 43, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256),
-                 depths: tuple[int, ...] = (1, 1, 1, 1), drop_rate: float = 0.2, **_: object) -> None:
+                 depths: tuple[int, ...] = (1, 1, 1, 1), drop_rate: float = 0.2) -> None:
         super().__init__()
         self.stem = nn.Sequential(*_conv_bn(in_chans, widths[0]), nn.ReLU(inplace=True))
         stages, cin = [], widths[0]
