@@ -49,14 +49,15 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, weights: 
     classify an RGB image) is a one-line error, not a crash at the first batch.
     """
     extra = _model_kwargs(kwargs)
-    if not extra:
-        return _build(name, num_classes, pretrained, weights, drop_rate, extra)
     try:
         model = _build(name, num_classes, pretrained, weights, drop_rate, extra)
-        _classifies_rgb(model, num_classes)
+        if extra:
+            _classifies_rgb(model, num_classes)
     except UserError:
         raise
     except Exception as exc:  # a constructor or a forward pass can fail in any way a wrong argument makes it
+        if not extra:
+            raise
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         given = " ".join(f"model.kwargs.{k}={v}" for k, v in extra.items())
         raise UserError(f"{name} cannot be built with {given} ({reason}); fix or remove model.kwargs") from exc
