@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gtsrb.errors import UserError
+from gtsrb.errors import UserError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +67,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and I/O errors come in many types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        reason = first_line(exc, 120)
         raise UserError(f"cannot read checkpoint {path} ({reason}); pass a .ckpt file written by train.py") from exc
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or any(k not in hparams for k in _REQUIRED_HPARAMS) \

@@ -35,7 +35,7 @@ from torch import nn
 
 from gtsrb.cli import report_user_errors, start
 from gtsrb.config import register_export_config
-from gtsrb.errors import UserError
+from gtsrb.errors import UserError, first_line
 from gtsrb.inference import ONNX_INPUT as INPUT
 from gtsrb.inference import ONNX_OUTPUT as OUTPUT
 from gtsrb.inference import Predictor, onnx_session
@@ -93,7 +93,7 @@ def export_onnx(predictor: Predictor, path: Path, opset: int | None = None) -> P
         proto = program.model_proto
         onnx.checker.check_model(proto)
     except Exception as exc:  # the exporter raises many types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc, 200)
         raise UserError(f"model {name} cannot be exported to ONNX ({type(exc).__name__}: {reason}); "
                         "export a model of another conf/model, or serve the PyTorch checkpoint") from exc
     del proto.metadata_props[:]

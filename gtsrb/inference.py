@@ -36,7 +36,7 @@ from gtsrb.checkpoint import load_classifier, read_checkpoint, resolve_checkpoin
 from gtsrb.data.batch_augment import normalize, to_float
 from gtsrb.data.gtsrb import Record, RecordDecoder, fit_image
 from gtsrb.data.preprocess import preprocess_images
-from gtsrb.errors import UserError
+from gtsrb.errors import UserError, first_line
 from gtsrb.explain.gradcam import Explanation, GradCAM, untouched
 from gtsrb.module import TrafficSignClassifier
 from gtsrb.tta import tta_logits
@@ -252,7 +252,7 @@ class OnnxPredictor:
             raise UserError(f"{self.checkpoint} lacks this project's metadata ({exc}); export it with "
                             "uv run python -m gtsrb.export") from exc
         except Exception as exc:  # onnxruntime's own errors for a file that is no ONNX model
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            reason = first_line(exc, 120)
             raise UserError(f"cannot load ONNX model {self.checkpoint} ({reason}); export it again with "
                             "uv run python -m gtsrb.export") from exc
         self.batch_size = batch_size

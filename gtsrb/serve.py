@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 
 from gtsrb.cli import report_user_errors, start
 from gtsrb.config import register_serve_config
-from gtsrb.errors import UserError
+from gtsrb.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def read_upload(name: str, data: bytes, max_pixels: int):
     except UnidentifiedImageError:
         return Problem(415, f"{name} is not an image (no known image format); send a PNG, JPEG, PPM, BMP or WebP file")
     except (OSError, SyntaxError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+        reason = first_line(exc, 100)
         return Problem(400, f"cannot decode image {name} ({reason}); send the complete file")
 
 

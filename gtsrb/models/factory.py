@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from gtsrb.errors import UserError
+from gtsrb.errors import UserError, first_line
 from gtsrb.models.simple_cnn import SimpleCNN
 from gtsrb.models.small_resnet import VARIANTS as SMALL_RESNETS
 from gtsrb.models.small_resnet import SmallResNet
@@ -58,7 +58,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, weights: 
     except Exception as exc:  # a constructor or a forward pass can fail in any way a wrong argument makes it
         if not extra:
             raise
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = first_line(exc)
         given = " ".join(f"model.kwargs.{k}={v}" for k, v in extra.items())
         raise UserError(f"{name} cannot be built with {given} ({reason}); fix or remove model.kwargs") from exc
     return model
@@ -91,7 +91,7 @@ def _build(name: str, num_classes: int, pretrained: bool, weights: str | None, d
     except Exception as exc:  # download and file errors come in many types (OSError, HTTP, hub, safetensors)
         if not kwargs["pretrained"]:
             raise
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        reason = first_line(exc).split(". ")[0]
         if weights:
             changed = ", or remove model.kwargs, which change the network the weights fit" if extra else ""
             raise UserError(f"could not load weights file {weights} into {name} ({reason}); "
