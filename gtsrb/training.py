@@ -24,7 +24,7 @@ from gtsrb.averaging import EMA
 from gtsrb.budget import BudgetWatch, plan_run, process_start
 from gtsrb.config import validate
 from gtsrb.data.datamodule import TrafficSignDataModule
-from gtsrb.errors import UserError
+from gtsrb.errors import UserError, first_line
 from gtsrb.finetuning import TwoPhaseFinetuning
 from gtsrb.metrics import accuracy_interval, split_accuracy_interval
 from gtsrb.models.factory import min_input_size
@@ -198,8 +198,7 @@ def train_sweep_job(cfg: DictConfig) -> float:
         _record_unfinished(cfg, "pruned", str(exc))
         raise
     except Exception as exc:  # every failure of one job, whatever raised it
-        message = str(exc) if isinstance(exc, UserError) else \
-            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {first_line(exc, 300)}"
         log.error("sweep job failed: %s", message)
         _record_unfinished(cfg, "failed", message)
         return float("nan")

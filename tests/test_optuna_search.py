@@ -314,3 +314,19 @@ def test_a_worker_that_loses_the_race_to_create_the_tables_loads_the_study(tmp_p
     study = sweeper._study()
     assert study.study_name == "race" and calls == ["race", "race"]
     assert [s.study_name for s in optuna.get_all_study_summaries(sweeper.storage)] == ["race"]
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line_naming_its_reason(tmp_path, monkeypatch):
+    """Database errors start with a blank line or run over several; the message quotes the reason, not line one."""
+    from gtsrb.errors import UserError
+    from gtsrb.search.sweeper import OptunaSweeper
+
+    def unreachable(**kwargs):
+        raise RuntimeError("\n(sqlite3.OperationalError) unable to open database file\n(Background on this error ...)")
+
+    monkeypatch.setattr(optuna, "create_study", unreachable)
+    with pytest.raises(UserError) as raised:
+        OptunaSweeper(storage="sqlite:////no/such/dir/study.db", study_name="s")._study()
+    message = str(raised.value)
+    assert "\n" not in message and "RuntimeError: (sqlite3.OperationalError) unable to open database file" in message
+    assert "hydra.sweeper.storage=sqlite:///study.db" in message

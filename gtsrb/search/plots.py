@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
+from gtsrb.errors import first_line  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 PLOTS = {  # file name: plot; each needs what its docstring says (e.g. importances need two completed trials)
@@ -38,5 +40,5 @@ def write_plots(study: optuna.Study, directory: Path) -> list[Path]:
             plt.close(figure)
             written.append(directory / f"{name}.png")
         except Exception as exc:  # e.g. importances of a study with one completed trial
-            log.warning("skipped the %s plot: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("skipped the %s plot: %s", name, first_line(exc))
     return written

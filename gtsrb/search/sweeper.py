@@ -40,7 +40,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from gtsrb.errors import UserError
+from gtsrb.errors import UserError, first_line
 from gtsrb.search.pruning import TRIAL_ENV, register_study
 
 if TYPE_CHECKING:
@@ -137,10 +137,12 @@ class OptunaSweeper(Sweeper):
             except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
                 return optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                                          pruner=self.pruner)
+            except UserError:  # already says what is wrong with the storage
+                raise
             except Exception as exc:  # sqlalchemy's "table ... already exists": another worker is creating them
                 if "already exists" not in str(exc) or wait is None:
                     raise UserError(f"cannot open the study storage {self.storage}: {type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0]}") from exc
+                                    f"{first_line(exc)}") from exc
                 time.sleep(wait)
 
     def _create_or_load(self, optuna) -> optuna.Study:
@@ -156,7 +158,7 @@ class OptunaSweeper(Sweeper):
             if "already exists" in str(exc):
                 raise
             raise UserError(f"cannot open the study storage {self.storage}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0]}; use e.g. hydra.sweeper.storage=sqlite:///study.db") from exc
+                            f"{first_line(exc)}; use e.g. hydra.sweeper.storage=sqlite:///study.db") from exc
 
     def _run(self, study: optuna.Study, trials: list[optuna.Trial], fixed: list[str]) -> list[JobReturn]:
         """Launch the trials (runs of consecutive numbers together, so job directories are trial numbers)."""
@@ -193,7 +195,7 @@ class OptunaSweeper(Sweeper):
                     cfg = self.hydra_context.config_loader.load_sweep_config(self.config, probe)
                 except Exception as exc:
                     raise UserError(f"the search space entry {search_space.as_override(key, value)} "
-                                    f"cannot be composed: {str(exc).strip().splitlines()[0]}") from exc
+                                    f"cannot be composed: {first_line(exc)}") from exc
                 if "data" in cfg and "trainer" in cfg:  # the training app's config: its own range checks
                     try:
                         validate(cfg)
@@ -269,8 +271,9 @@ def _log_trial(trial: optuna.Trial, state: TrialState, value: float | None, ret:
     elif state == TrialState.PRUNED:
         log.info("trial %d pruned: %s", trial.number, ret._return_value)
     else:
-        error = ret._return_value if ret.status == JobStatus.FAILED else "the job recorded a failure"
-        log.warning("trial %d failed: %s", trial.number, str(error).strip().splitlines()[0] if str(error) else error)
+        error = ret._return_value  # the exception of a job that raised; else it recorded the failure itself
+        log.warning("trial %d failed: %s", trial.number,
+                    first_line(error) if isinstance(error, BaseException) else "the job recorded a failure")
 
 
 def _ends(dist: BaseDistribution) -> list[Any]:
