@@ -73,6 +73,19 @@ def test_multiscale_features_reach_the_classifier_past_the_last_stage(multiscale
     assert torch.allclose(logits[0], logits[1], atol=1e-5) != multiscale
 
 
+@pytest.mark.parametrize(("name", "head_grid"), [("simple_cnn_stn", 1), ("simple_cnn_stn_grid", 4)])
+def test_a_gridded_head_tells_where_a_feature_fired(name, head_grid):
+    # Global average pooling (head_grid=1) sees only which features fired, so a last map and its mirror image
+    # score alike; a 4x4 grid keeps the layout and tells them apart (keep left and keep right are mirror images).
+    model = build_model(name, num_classes=5).eval()
+    assert model.get_classifier().in_features == 128 * head_grid ** 2
+    features = torch.rand(1, 128, 4, 4, generator=torch.Generator().manual_seed(0))
+    logits = model.forward_head(torch.cat([features, features.flip(-1)]))
+    assert torch.allclose(logits[0], logits[1], atol=1e-5) == (head_grid == 1)
+    model.reset_classifier(7)
+    assert model(torch.rand(2, 3, 40, 40)).shape == (2, 7)  # any input size: the grid is pooled to, not assumed
+
+
 def test_model_kwargs_reach_the_network_and_its_checkpoint_rebuilds_it(make_cfg, tmp_path):
     """``+model.kwargs.widths`` widens simple_cnn, and a checkpoint of the wider network loads back as itself,
     because the kwargs travel in its hyperparameters."""

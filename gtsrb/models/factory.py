@@ -30,6 +30,7 @@ SIMPLE_CNN = "simple_cnn"
 # The project's own networks (no pretrained weights): model name -> (class, keyword arguments).
 FROM_SCRATCH = {SIMPLE_CNN: (SimpleCNN, {}), "simple_cnn_stn": (SimpleCNN, {"stn": True}),
                 "simple_cnn_stn_ms": (SimpleCNN, {"stn": True, "multiscale": True}),
+                "simple_cnn_stn_grid": (SimpleCNN, {"stn": True, "head_grid": 4}),
                 **{n: (SmallResNet, kw) for n, kw in SMALL_RESNETS.items()}}
 
 

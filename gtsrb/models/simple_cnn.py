@@ -6,7 +6,10 @@ enough for 32-48 px traffic signs. ``simple_cnn_stn`` puts a spatial transformer
 every stage's features to the classifier (multi-scale features, as in
 Sermanet and LeCun's GTSRB entry), so low-level edges and strokes reach it
 beside the last stage's; on ``gtsrb_cpu`` that measured no better
-(benchmarks/README.md). It speaks timm's model API (through
+(benchmarks/README.md). ``simple_cnn_stn_grid`` hands the classifier the
+last map's 4x4 layout instead of its average (``head_grid``), so it knows
+where on the sign a feature fired (keep left and keep right are mirror
+images); ``gtsrb_cpu`` uses it. It speaks timm's model API (through
 :class:`~gtsrb.models.head.PooledClassifier`) so the rest of the framework
 never special-cases it.
 """
@@ -27,7 +30,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 class SimpleCNN(PooledClassifier):
     def __init__(self, num_classes: int = 43, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128),
-                 drop_rate: float = 0.2, stn: bool = False, multiscale: bool = False) -> None:
+                 drop_rate: float = 0.2, stn: bool = False, multiscale: bool = False, head_grid: int = 1) -> None:
         super().__init__()
         self.stn = SpatialTransformer(in_chans) if stn else nn.Identity()
         self.multiscale = multiscale
@@ -39,7 +42,7 @@ class SimpleCNN(PooledClassifier):
         self.feature_info = [
             dict(num_chs=w, reduction=2 ** (i + 1), module=f"stages.{i}") for i, w in enumerate(widths)
         ]
-        self._init_head(sum(widths) if multiscale else cin, num_classes, drop_rate)
+        self._init_head(sum(widths) if multiscale else cin, num_classes, drop_rate, head_grid)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's map; with ``multiscale``, every stage's map pooled to its size and stacked.
