@@ -29,7 +29,7 @@ TOLERANCE = 1e-4  # largest |probability difference| allowed between ONNX Runtim
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def sharp_predictor(model_name: str, images_seed: int = 1) -> tuple[Predictor, torch.Tensor]:
+def sharp_predictor(model_name: str, images_seed: int = 1, size: int = 32) -> tuple[Predictor, torch.Tensor]:
     """A randomly initialised ``conf/model`` whose temperature spreads its probabilities over [0, 1], and 256
     synthetic signs of every class at its input size.
 
@@ -45,7 +45,7 @@ def sharp_predictor(model_name: str, images_seed: int = 1) -> tuple[Predictor, t
     stn = getattr(model.model, "stn", None)
     if hasattr(stn, "theta"):  # a spatial transformer starts as the identity: compare on resampled images
         torch.nn.init.normal_(stn.theta.weight, std=0.05)
-    predictor = Predictor(model, InputSpec(max(32, min_input_size(model.model))), batch_size=64, device="cpu")
+    predictor = Predictor(model, InputSpec(max(size, min_input_size(model.model))), batch_size=64, device="cpu")
     images = make_synthetic(6, predictor.spec.image_size, seed=images_seed).images[:256]
     model.temperature.fill_(float(predictor.logits(images).std()) / 4)
     return predictor, images
@@ -69,6 +69,20 @@ def test_onnx_runtime_gives_pytorchs_probabilities_for_every_model(model_name, t
     for n in (1, 7):
         single = session.run([OUTPUT], {INPUT: images[:n].numpy()})[0]
         assert single.shape == (n, 43)
+
+
+@pytest.mark.parametrize("model_name,size", [("simple_cnn_stn", 40), ("simple_cnn_stn_grid", 40),
+                                             ("simple_cnn_stn_grid", 48), ("simple_cnn_stn_ms", 40)])
+def test_models_that_pool_to_4x4_export_where_4_does_not_divide_the_map(model_name, size, tmp_path):
+    """At 40 px the transformer max-pools a 10x10 map to 4x4, which ONNX has no pool for (gtsrb/models/pooling.py);
+    at 40 and 48 px the 4x4 head averages a 5x5 or 6x6 map."""
+    predictor, images = sharp_predictor(model_name, size=size)
+    assert predictor.spec.image_size == size
+    path = export_onnx(predictor, tmp_path / "model.onnx")
+    got = torch.from_numpy(onnx_session(path).run([OUTPUT], {INPUT: images.numpy()})[0])
+    expected = predictor.probabilities(images)
+    assert expected.max() > 0.25 and expected.min() < 1e-3
+    assert (got - expected).abs().max() < TOLERANCE
 
 
 def test_metadata_says_how_to_prepare_the_input_and_read_the_output(trained_run, tmp_path):  # noqa: F811

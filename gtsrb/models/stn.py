@@ -7,7 +7,7 @@ centred, upright and at one scale. It learns this from the classification loss a
 Two choices keep it cheap and safe to train:
 
 * The localisation network looks at the image at half resolution and ends in an adaptive pool, so it costs
-  about 1.1 MMAC at 32 px (simple_cnn costs about 39) and works at any input size.
+  about 1.1 MMAC at 32 px (simple_cnn costs about 39) and works, and exports, at any input size.
 * Its last layer starts at zero weights with the identity as bias: at step 0 the transformer passes the image
   through unchanged, and the classifier trains as it would without it until the gradients say otherwise.
 
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gtsrb.models.pooling import AdaptiveMaxPool2d
+
 
 class SpatialTransformer(nn.Module):
     def __init__(self, in_chans: int = 3, hidden: int = 64) -> None:
@@ -28,7 +30,7 @@ class SpatialTransformer(nn.Module):
         self.localisation = nn.Sequential(
             nn.AvgPool2d(2),  # half resolution: where the sign is needs no fine detail
             nn.Conv2d(in_chans, 16, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(inplace=True), nn.AdaptiveMaxPool2d(4),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(inplace=True), AdaptiveMaxPool2d(4),
             nn.Flatten(), nn.Linear(32 * 4 * 4, hidden), nn.ReLU(inplace=True),
         )
         self.theta = nn.Linear(hidden, 6)
