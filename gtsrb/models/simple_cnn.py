@@ -9,7 +9,7 @@ beside the last stage's; on ``gtsrb_cpu`` that measured no better
 (benchmarks/README.md). ``simple_cnn_stn_grid`` hands the classifier the
 last map's 4x4 layout instead of its average (``head_grid``), so it knows
 where on the sign a feature fired (keep left and keep right are mirror
-images); ``gtsrb_cpu`` uses it. It speaks timm's model API (through
+images); both CPU recipes use it. It speaks timm's model API (through
 :class:`~gtsrb.models.head.PooledClassifier`) so the rest of the framework
 never special-cases it.
 """
