@@ -51,9 +51,16 @@ def sharp_predictor(model_name: str, images_seed: int = 1, size: int = 32) -> tu
     return predictor, images
 
 
-@pytest.mark.parametrize("model_name", MODELS)
-def test_onnx_runtime_gives_pytorchs_probabilities_for_every_model(model_name, tmp_path):
-    predictor, images = sharp_predictor(model_name)
+# Beyond 32 px: at 40 px the spatial transformer max-pools a 10x10 map to 4x4, which ONNX has no pool for
+# (gtsrb/models/pooling.py); at 40 and 48 px the 4x4 head averages a 5x5 or 6x6 map.
+SIZES = [(name, 32) for name in MODELS] + [("simple_cnn_stn", 40), ("simple_cnn_stn_grid", 40),
+                                           ("simple_cnn_stn_grid", 48), ("simple_cnn_stn_ms", 40)]
+
+
+@pytest.mark.parametrize("model_name,size", SIZES)
+def test_onnx_runtime_gives_pytorchs_probabilities_for_every_model(model_name, size, tmp_path):
+    predictor, images = sharp_predictor(model_name, size=size)
+    assert images.shape[-1] == predictor.spec.image_size >= size  # the export runs at the size asked for, or larger
     path = export_onnx(predictor, tmp_path / "model.onnx")
     expected = predictor.probabilities(images)
     session = onnx_session(path)
@@ -69,20 +76,6 @@ def test_onnx_runtime_gives_pytorchs_probabilities_for_every_model(model_name, t
     for n in (1, 7):
         single = session.run([OUTPUT], {INPUT: images[:n].numpy()})[0]
         assert single.shape == (n, 43)
-
-
-@pytest.mark.parametrize("model_name,size", [("simple_cnn_stn", 40), ("simple_cnn_stn_grid", 40),
-                                             ("simple_cnn_stn_grid", 48), ("simple_cnn_stn_ms", 40)])
-def test_models_that_pool_to_4x4_export_where_4_does_not_divide_the_map(model_name, size, tmp_path):
-    """At 40 px the transformer max-pools a 10x10 map to 4x4, which ONNX has no pool for (gtsrb/models/pooling.py);
-    at 40 and 48 px the 4x4 head averages a 5x5 or 6x6 map."""
-    predictor, images = sharp_predictor(model_name, size=size)
-    assert predictor.spec.image_size == size
-    path = export_onnx(predictor, tmp_path / "model.onnx")
-    got = torch.from_numpy(onnx_session(path).run([OUTPUT], {INPUT: images.numpy()})[0])
-    expected = predictor.probabilities(images)
-    assert expected.max() > 0.25 and expected.min() < 1e-3
-    assert (got - expected).abs().max() < TOLERANCE
 
 
 def test_metadata_says_how_to_prepare_the_input_and_read_the_output(trained_run, tmp_path):  # noqa: F811
