@@ -14,7 +14,11 @@ by itself, and on SIGUSR1 (``sbatch --signal=USR1@90``, which
 ``conf/hydra/launcher/slurm.yaml`` asks for) saves ``hpc_ckpt_<n>.ckpt`` in
 the run directory and runs ``scontrol requeue <job id>``; SLURM then ends the
 job with SIGTERM, and the handling above saves ``interrupted.ckpt`` at the
-next batch boundary. submitit's own handler is left idle (it listens on
+next batch boundary. Lightning does that requeue inside the signal handler,
+which Python runs between any two bytecodes of the main thread, in the middle
+of an optimiser step or of the CSV logger writing ``metrics.csv`` (Lightning
+issue 21406); :class:`DeferredRequeue` moves it to the next batch boundary too.
+submitit's own handler is left idle (it listens on
 SIGUSR2, which is then never sent): it would resubmit the job from its start
 and exit mid-step without saving anything, and on the same signal it would
 keep Lightning's handler from being installed at all. A pre-emption that
@@ -168,6 +172,84 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
             if SLURMEnvironment.detect():
                 print("on SLURM a requeued job resumes from the newest checkpoint of its run directory by itself",
                       file=sys.stderr, flush=True)
+
+
+class DeferredRequeue(L.Callback):
+    """Runs Lightning's SLURM requeue (``hpc_ckpt_<n>.ckpt``, then ``scontrol requeue``) at the end of the next batch,
+    not inside the signal handler.
+
+    Lightning's handler re-enters whatever the main thread was doing when the signal came. In an optimiser step, the
+    HPC checkpoint holds half-updated weights; in the CSV logger's ``save``, its own ``finalize`` writes rows wider
+    than the file's header, and the next save fails with "dict contains fields not in fieldnames" and ends the run.
+    So this callback puts a handler that only notes the signal in place of Lightning's, once Lightning has installed
+    it at the start of each stage, and calls Lightning's after the next training batch, or when training ends (the
+    signal came during the last validation). Between ranks the choice is made together, so all of them save and
+    requeue after the same batch. Outside ``fit`` (the final ``validate`` and ``test``), it runs after the next
+    evaluation batch or at the evaluation's end. Lightning restores the handlers it found when each stage ends.
+    """
+
+    def __init__(self) -> None:
+        self._lightning_handler: Any = None
+        self._signum: int | None = None
+        self._signalled = False
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._signalled = True
+
+    def _hold(self, trainer: L.Trainer) -> None:
+        environment = trainer._accelerator_connector.cluster_environment  # no public accessor on one device
+        if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set there, and Lightning has set none either
+        handler = signal.getsignal(environment.requeue_signal)
+        if callable(handler) and handler != self._note:
+            self._lightning_handler, self._signum = handler, environment.requeue_signal
+            signal.signal(environment.requeue_signal, self._note)
+
+    def _requeue_if_signalled(self, trainer: L.Trainer) -> None:
+        if self._lightning_handler is None:
+            return
+        if trainer.strategy.reduce_boolean_decision(self._signalled, all=False):  # any rank signalled
+            self._signalled = False
+            self._lightning_handler(self._signum, None)
+
+    # where the signal is noted: from the start of each stage, after Lightning has installed its handler
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hold(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hold(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hold(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hold(trainer)
+
+    # where Lightning's requeue then runs: between batches, in a state a run resumes from
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._requeue_if_signalled(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requeue_if_signalled(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # in fit, a training batch or the end of training comes next
+            self._requeue_if_signalled(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            self._requeue_if_signalled(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._requeue_if_signalled(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requeue_if_signalled(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._lightning_handler = None  # Lightning puts back the handler it found; a signal noted since is lost
 
 
 def _validating_in_fit(trainer: L.Trainer) -> bool:

@@ -30,7 +30,7 @@ from gtsrb.metrics import accuracy_interval, split_accuracy_interval
 from gtsrb.models.factory import min_input_size
 from gtsrb.module import TrafficSignClassifier
 from gtsrb.precision import FASTEST, resolve_precision, several_processes, trains_on_gpu
-from gtsrb.preemption import PreemptionCheckpoint, exit_when_interrupted, newest_checkpoint
+from gtsrb.preemption import DeferredRequeue, PreemptionCheckpoint, exit_when_interrupted, newest_checkpoint
 from gtsrb.reporting import EpochHistory, StopOnNonFiniteLoss, flatten, write_json
 from gtsrb.resolution import ProgressiveResizing
 from gtsrb.search.pruning import pruning_callbacks
@@ -133,7 +133,7 @@ def train(cfg: DictConfig) -> float:
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     preemption = PreemptionCheckpoint(str(out / "checkpoints"), _task_overrides())
     callbacks = [*build_callbacks(cfg, with_logger=bool(loggers)), history, StopOnNonFiniteLoss(), preemption,
-                 *pruning_callbacks(cfg.monitor), *([watch] if watch else [])]
+                 DeferredRequeue(), *pruning_callbacks(cfg.monitor), *([watch] if watch else [])]
     trainer = _build_trainer(cfg, callbacks, loggers, out)
     with exit_when_interrupted(preemption):  # PreemptionCheckpoint saved the run and printed how to resume it
         # a run started again in its own directory (a requeued SLURM job) resumes where it was

@@ -172,3 +172,45 @@ def test_slurm_preemption_requeues_and_the_requeued_job_resumes(tmp_path):
     kept = saved["callbacks"]["EpochHistory"]["history"]
     assert report["history"][:len(kept)] == kept and len(kept) == saved["epoch"]  # the epochs before, as they were
     assert calls.read_text().split() == ["requeue", "4242"]  # requeued once
+
+
+def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_batch(make_cfg, monkeypatch, tmp_path,
+                                                                                   one_thread):
+    """Lightning requeues inside the signal handler, which re-entered the CSV logger's save when SIGUSR1 came in the
+    middle of it: rows wider than the header, and the next save failed ("dict contains fields not in fieldnames").
+    The requeue now runs after the next training batch: the write is never re-entered, the run saves its HPC
+    checkpoint, asks for the requeue once, and, with no SIGTERM following, trains to the end."""
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    from gtsrb.training import train
+
+    for name, value in SLURM_ENV.items():
+        monkeypatch.setenv(name, value)
+    fake = _fake_commands(tmp_path / "bin", "scontrol")
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    writes = {"under_way": False, "reentered": False, "signalled": False}
+    real_save = ExperimentWriter.save
+
+    def save_with_the_signal_in_the_middle(writer):
+        writes["reentered"] |= writes["under_way"]
+        writes["under_way"] = True
+        try:
+            if not writes["signalled"] and callable(signal.getsignal(signal.SIGUSR1)):  # a handler is installed
+                writes["signalled"] = True
+                signal.raise_signal(signal.SIGUSR1)  # Python runs the handler before this returns
+            real_save(writer)
+        finally:
+            writes["under_way"] = False
+
+    monkeypatch.setattr(ExperimentWriter, "save", save_with_the_signal_in_the_middle)
+    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=3", "logger=csv", "callbacks.progress_bar=null",
+                   "+trainer.enable_progress_bar=false")
+    train(cfg)
+    run_dir = Path(cfg.output_dir)
+    assert writes["signalled"] and not writes["reentered"]
+    assert (fake / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
+    assert hpc["global_step"] > 0 and hpc["epoch"] < 3  # saved during the run
+    report = json.loads((run_dir / "metrics.json").read_text())
+    assert [row["epoch"] for row in report["history"]] == [0, 1, 2]
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # Lightning put back what it found
