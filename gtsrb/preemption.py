@@ -186,15 +186,19 @@ class DeferredRequeue(L.Callback):
     signal came during the last validation). Between ranks the choice is made together, so all of them save and
     requeue after the same batch. Outside ``fit`` (the final ``validate`` and ``test``), it runs after the next
     evaluation batch or at the evaluation's end. Lightning restores the handlers it found when each stage ends.
+
+    It requeues once: a signal that comes after (SLURM signals every rank, each at its own point in the step, so a
+    rank's may come one batch after another rank's has already requeued the job) is ignored, not a second requeue.
     """
 
     def __init__(self) -> None:
         self._lightning_handler: Any = None
         self._signum: int | None = None
         self._signalled = False
+        self._requeued = False
 
     def _note(self, signum: int, frame: Any) -> None:
-        self._signalled = True
+        self._signalled = not self._requeued
 
     def _hold(self, trainer: L.Trainer) -> None:
         environment = trainer._accelerator_connector.cluster_environment  # no public accessor on one device
@@ -211,7 +215,7 @@ class DeferredRequeue(L.Callback):
         if self._lightning_handler is None:
             return
         if trainer.strategy.reduce_boolean_decision(self._signalled, all=False):  # any rank signalled
-            self._signalled = False
+            self._signalled, self._requeued = False, True
             self._lightning_handler(self._signum, None)
 
     # where the signal is noted: from the start of each stage, after Lightning has installed its handler
