@@ -217,3 +217,41 @@ def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_b
     report = json.loads((run_dir / "metrics.json").read_text())
     assert [row["epoch"] for row in report["history"]] == [0, 1, 2]
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # Lightning put back what it found
+
+
+@pytest.mark.slow
+def test_on_slurm_every_rank_requeues_after_the_same_batch(tmp_path):
+    """SLURM signals every task, each at its own point in its step. Lightning's handler saves the HPC checkpoint,
+    which all ranks save together, at once in the task signalled: with two simulated tasks and only the second
+    signalled, both hung and neither saved. Now both save after the same batch, rank 0 requeues, and, with no
+    SIGTERM following, the run trains to the end."""
+    fake = _fake_commands(tmp_path / "bin", "scontrol")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "train.py", *TINY_RUN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+               "trainer.max_epochs=4", "logger=csv", f"hydra.run.dir={run_dir}"]  # what srun starts in every task
+    tasks = []
+    for rank in (0, 1):
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **SLURM_ENV,
+               "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": str(rank),
+               "SLURM_LOCALID": str(rank), "PATH": f"{fake}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": "1"}
+        env.pop("LOCAL_RANK", None)
+        log = open(tmp_path / f"task{rank}.log", "w")  # closed below; a pipe could fill and block
+        tasks.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        deadline = time.time() + 300
+        while not list((run_dir / "checkpoints").glob("best-*.ckpt")) and time.time() < deadline:  # an epoch is done
+            assert all(task.poll() is None for task, _ in tasks), (tmp_path / "task0.log").read_text()[-3000:]
+            time.sleep(0.1)
+        tasks[1][0].send_signal(signal.SIGUSR1)
+        codes = [task.wait(timeout=300) for task, _ in tasks]
+    finally:
+        for task, log in tasks:
+            task.kill()
+            log.close()
+    assert codes == [0, 0], (tmp_path / "task0.log").read_text()[-2000:] + (tmp_path / "task1.log").read_text()[-2000:]
+    assert (fake / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)["global_step"] > 0
+    report = json.loads((run_dir / "metrics.json").read_text())
+    assert report["status"] == "completed" and report["epochs"] == 4
+    assert report["config"]["trainer"]["strategy"] == "ddp"
