@@ -175,20 +175,21 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
 
 
 class DeferredRequeue(L.Callback):
-    """Runs Lightning's SLURM requeue (``hpc_ckpt_<n>.ckpt``, then ``scontrol requeue``) at the end of the next batch,
-    not inside the signal handler.
+    """Runs Lightning's SLURM requeue (``hpc_ckpt_<n>.ckpt``, then ``scontrol requeue``) after the next training
+    batch, not inside the signal handler.
 
-    Lightning's handler re-enters whatever the main thread was doing when the signal came. In an optimiser step, the
-    HPC checkpoint holds half-updated weights; in the CSV logger's ``save``, its own ``finalize`` writes rows wider
-    than the file's header, and the next save fails with "dict contains fields not in fieldnames" and ends the run.
-    So this callback puts a handler that only notes the signal in place of Lightning's, once Lightning has installed
-    it at the start of each stage, and calls Lightning's after the next training batch, or when training ends (the
-    signal came during the last validation). Between ranks the choice is made together, so all of them save and
-    requeue after the same batch. Outside ``fit`` (the final ``validate`` and ``test``), it runs after the next
-    evaluation batch or at the evaluation's end. Lightning restores the handlers it found when each stage ends.
+    Lightning's handler re-enters whatever the main thread was doing when the signal came: in an optimiser step the
+    HPC checkpoint holds half-updated weights; in the CSV logger's ``save`` its ``finalize`` writes rows wider than
+    the file's header, and the next save ends the run ("dict contains fields not in fieldnames"). So once Lightning
+    has installed its handler at the start of a stage, this callback puts one in its place that only notes the
+    signal, and calls Lightning's after the next training batch, or when training ends (the signal came during the
+    last validation). The ranks decide together (one all-reduce of a flag per step, on SLURM only), so all of them
+    save after the same batch; alone, a rank would enter the checkpoint's collectives while the others step.
 
-    It requeues once: a signal that comes after (SLURM signals every rank, each at its own point in the step, so a
-    rank's may come one batch after another rank's has already requeued the job) is ignored, not a second requeue.
+    Outside ``fit`` (the final ``validate`` and ``test``) it runs when the evaluation ends, not per batch: ranks may
+    hold different numbers of evaluation batches (the shards are not padded), and a decision taken after each would
+    wait forever for the rank with fewer. It requeues once: SLURM signals every rank, each at its own point in the
+    step, and a signal that comes after the requeue asks for nothing more.
     """
 
     def __init__(self) -> None:
@@ -231,23 +232,16 @@ class DeferredRequeue(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._hold(trainer)
 
-    # where Lightning's requeue then runs: between batches, in a state a run resumes from
+    # where Lightning's requeue then runs: after a training batch, in a state a run resumes from, or at an end
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._requeue_if_signalled(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._requeue_if_signalled(trainer)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING:  # in fit, a training batch or the end of training comes next
             self._requeue_if_signalled(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn != TrainerFn.FITTING:
-            self._requeue_if_signalled(trainer)
-
-    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        self._requeue_if_signalled(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._requeue_if_signalled(trainer)

@@ -219,6 +219,35 @@ def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_b
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # Lightning put back what it found
 
 
+
+def test_slurms_requeue_signal_during_the_final_test_requeues_when_the_test_ends(make_cfg, monkeypatch, tmp_path,
+                                                                                one_thread):
+    """After ``fit`` no training batch comes: a signal during the final test is acted on when the test ends (not
+    lost when Lightning puts its handlers back), and the run still writes its metrics."""
+    import lightning as L
+
+    import gtsrb.training
+    from gtsrb.training import build_callbacks, train
+
+    class SignalDuringTest(L.Callback):
+        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            if batch_idx == 0:
+                signal.raise_signal(signal.SIGUSR1)
+
+    for name, value in SLURM_ENV.items():
+        monkeypatch.setenv(name, value)
+    fake = _fake_commands(tmp_path / "bin", "scontrol")
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
+        SignalDuringTest(), *build_callbacks(cfg, with_logger)])
+    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+                   "+trainer.enable_progress_bar=false")
+    train(cfg)
+    run_dir = Path(cfg.output_dir)
+    assert (fake / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)["epoch"] == 1  # training had ended
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
 @pytest.mark.slow
 def test_on_slurm_every_rank_requeues_after_the_same_batch(tmp_path):
     """SLURM signals every task, each at its own point in its step. Lightning's handler saves the HPC checkpoint,
