@@ -17,7 +17,8 @@ job with SIGTERM, and the handling above saves ``interrupted.ckpt`` at the
 next batch boundary. Lightning does that requeue inside the signal handler,
 which Python runs between any two bytecodes of the main thread, in the middle
 of an optimiser step or of the CSV logger writing ``metrics.csv`` (Lightning
-issue 21406); :class:`DeferredRequeue` moves it to the next batch boundary too.
+issue 21406); :class:`DeferredRequeue` moves it to the end of a training batch
+too, or to the end of the evaluation that follows training.
 submitit's own handler is left idle (it listens on
 SIGUSR2, which is then never sent): it would resubmit the job from its start
 and exit mid-step without saving anything, and on the same signal it would
@@ -175,66 +176,53 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
 
 
 class DeferredRequeue(L.Callback):
-    """Runs Lightning's SLURM requeue (``hpc_ckpt_<n>.ckpt``, then ``scontrol requeue``) after the next training
-    batch, not inside the signal handler.
+    """Runs Lightning's SLURM requeue (``hpc_ckpt_<n>.ckpt``, then ``scontrol requeue``) after a training batch, not
+    inside the signal handler.
 
     Lightning's handler re-enters whatever the main thread was doing when the signal came: in an optimiser step the
     HPC checkpoint holds half-updated weights; in the CSV logger's ``save`` its ``finalize`` writes rows wider than
-    the file's header, and the next save ends the run ("dict contains fields not in fieldnames"). So once Lightning
-    has installed its handler at the start of a stage, this callback puts one in its place that only notes the
-    signal, and calls Lightning's after the next training batch, or when training ends (the signal came during the
-    last validation). The ranks decide together (one all-reduce of a flag per step, on SLURM only), so all of them
-    save after the same batch; alone, a rank would enter the checkpoint's collectives while the others step.
+    the file's header, and the next save ends the run ("dict contains fields not in fieldnames"). So before Lightning
+    installs its handler for a stage, this callback has it install one that only notes the signal, and calls
+    Lightning's own after the next training batch that ends neither an epoch nor a span of gradient accumulation
+    (a checkpoint there resumes as Lightning's ``every_n_train_steps`` ones do; one after an epoch's last batch
+    would resume past that epoch's validation, one inside an accumulation without its gradients), or when training
+    ends, or when a SIGTERM stops the run first. The ranks decide together (one all-reduce of a flag per training
+    batch, on SLURM only), so all of them save after the same batch; alone, a rank would enter the checkpoint's
+    collectives while the others step.
 
-    Outside ``fit`` (the final ``validate`` and ``test``) it runs when the evaluation ends, not per batch: ranks may
-    hold different numbers of evaluation batches (the shards are not padded), and a decision taken after each would
-    wait forever for the rank with fewer. It requeues once: SLURM signals every rank, each at its own point in the
-    step, and a signal that comes after the requeue asks for nothing more.
+    Outside ``fit`` (the final ``validate``, ``test`` and ``predict``) it runs when the stage ends, not per batch:
+    ranks may hold different numbers of evaluation batches (the shards are not padded), and a decision taken after
+    each would wait forever for the rank with fewer. It requeues once: SLURM signals every rank, each at its own
+    point in the step, and a signal that comes after the requeue asks for nothing more.
     """
 
     def __init__(self) -> None:
-        self._lightning_handler: Any = None
+        self._requeue: Any = None  # Lightning's handler, called here instead of in the signal
         self._signum: int | None = None
         self._signalled = False
         self._requeued = False
 
-    def _note(self, signum: int, frame: Any) -> None:
-        self._signalled = not self._requeued
-
-    def _hold(self, trainer: L.Trainer) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Runs before Lightning installs its handlers for the stage, which look this attribute up then."""
         environment = trainer._accelerator_connector.cluster_environment  # no public accessor on one device
-        if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal):
-            return
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set there, and Lightning has set none either
-        handler = signal.getsignal(environment.requeue_signal)
-        if callable(handler) and handler != self._note:
-            self._lightning_handler, self._signum = handler, environment.requeue_signal
-            signal.signal(environment.requeue_signal, self._note)
+        connector = trainer._signal_connector
+        if self._requeue is None and isinstance(environment, SLURMEnvironment) and environment.auto_requeue \
+                and hasattr(connector, "_slurm_sigusr_handler_fn"):
+            self._requeue = connector._slurm_sigusr_handler_fn
+            connector._slurm_sigusr_handler_fn = self._note
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._signum, self._signalled = signum, not self._requeued
 
     def _requeue_if_signalled(self, trainer: L.Trainer) -> None:
-        if self._lightning_handler is None:
-            return
-        if trainer.strategy.reduce_boolean_decision(self._signalled, all=False):  # any rank signalled
+        if self._requeue is not None and trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
             self._signalled, self._requeued = False, True
-            self._lightning_handler(self._signum, None)
+            self._requeue(self._signum, None)
 
-    # where the signal is noted: from the start of each stage, after Lightning has installed its handler
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hold(trainer)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hold(trainer)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hold(trainer)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hold(trainer)
-
-    # where Lightning's requeue then runs: after a training batch, in a state a run resumes from, or at an end
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        self._requeue_if_signalled(trainer)
+        epoch_loop = trainer.fit_loop.epoch_loop  # the two conditions are the same on every rank
+        if not (epoch_loop._is_training_done or epoch_loop._should_accumulate()):
+            self._requeue_if_signalled(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._requeue_if_signalled(trainer)
@@ -246,8 +234,12 @@ class DeferredRequeue(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._requeue_if_signalled(trainer)
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._lightning_handler = None  # Lightning puts back the handler it found; a signal noted since is lost
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requeue_if_signalled(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):  # raised on every rank at the same point
+            self._requeue_if_signalled(trainer)
 
 
 def _validating_in_fit(trainer: L.Trainer) -> bool:

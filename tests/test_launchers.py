@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -177,10 +178,10 @@ def test_slurm_preemption_requeues_and_the_requeued_job_resumes(tmp_path):
 def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_batch(make_cfg, monkeypatch, tmp_path,
                                                                                    one_thread):
     """Lightning requeues inside the signal handler, which re-entered the CSV logger's save when SIGUSR1 came in the
-    middle of it: rows wider than the header, and the next save failed ("dict contains fields not in fieldnames").
-    The requeue now runs after the next training batch: the write is never re-entered, the run saves its HPC
-    checkpoint and asks for the requeue; a second signal after that (another rank's, on a cluster) asks for
-    nothing more; and, with no SIGTERM following, the run trains to the end."""
+    middle of it (in CI that left rows wider than the header, and the next save failed with "dict contains fields
+    not in fieldnames"). The requeue now runs after a training batch: the write is never re-entered, the run saves
+    its HPC checkpoint and asks for the requeue; a second signal after that (another rank's, on a cluster) asks
+    for nothing more; and, with no SIGTERM following, the run trains to the end."""
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
     from gtsrb.training import train
@@ -219,7 +220,6 @@ def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_b
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # Lightning put back what it found
 
 
-
 def test_slurms_requeue_signal_during_the_final_test_requeues_when_the_test_ends(make_cfg, monkeypatch, tmp_path,
                                                                                 one_thread):
     """After ``fit`` no training batch comes: a signal during the final test is acted on when the test ends (not
@@ -230,9 +230,15 @@ def test_slurms_requeue_signal_during_the_final_test_requeues_when_the_test_ends
     from gtsrb.training import build_callbacks, train
 
     class SignalDuringTest(L.Callback):
+        saved_in_the_middle = None
+
         def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             if batch_idx == 0:
                 signal.raise_signal(signal.SIGUSR1)
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if batch_idx == 0:
+                SignalDuringTest.saved_in_the_middle = (Path(trainer.default_root_dir) / "hpc_ckpt_1.ckpt").exists()
 
     for name, value in SLURM_ENV.items():
         monkeypatch.setenv(name, value)
@@ -244,9 +250,39 @@ def test_slurms_requeue_signal_during_the_final_test_requeues_when_the_test_ends
                    "+trainer.enable_progress_bar=false")
     train(cfg)
     run_dir = Path(cfg.output_dir)
+    assert SignalDuringTest.saved_in_the_middle is False
     assert (fake / "scontrol.calls").read_text().split() == ["requeue", "4242"]
     assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)["epoch"] == 1  # training had ended
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_slurms_requeue_signal_in_an_epochs_last_batch_saves_after_the_next_epochs_first(make_cfg, monkeypatch,
+                                                                                        tmp_path, one_thread):
+    """A checkpoint saved after an epoch's last batch resumes past that epoch's validation (Lightning counts the
+    epoch as done); the requeue waits for the first batch of the next epoch, after the validation it keeps."""
+    import lightning as L
+
+    import gtsrb.training
+    from gtsrb.training import build_callbacks, train
+
+    class SignalInTheLastBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
+                signal.raise_signal(signal.SIGUSR1)
+
+    for name, value in SLURM_ENV.items():
+        monkeypatch.setenv(name, value)
+    fake = _fake_commands(tmp_path / "bin", "scontrol")
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
+        SignalInTheLastBatch(), *build_callbacks(cfg, with_logger)])
+    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=2", "callbacks.progress_bar=null",
+                   "+trainer.enable_progress_bar=false")
+    train(cfg)
+    hpc = torch.load(Path(cfg.output_dir) / "hpc_ckpt_1.ckpt", weights_only=False)
+    assert hpc["epoch"] == 1
+    assert [(row["epoch"], "val/acc" in row) for row in hpc["callbacks"]["EpochHistory"]["history"]] == [(0, True)]
+
 
 @pytest.mark.slow
 def test_on_slurm_every_rank_requeues_after_the_same_batch(tmp_path):
@@ -258,13 +294,17 @@ def test_on_slurm_every_rank_requeues_after_the_same_batch(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "train.py", *TINY_RUN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                "trainer.max_epochs=4", "logger=csv", f"hydra.run.dir={run_dir}"]  # what srun starts in every task
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
     tasks = []
     for rank in (0, 1):
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **SLURM_ENV,
                "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": str(rank),
-               "SLURM_LOCALID": str(rank), "PATH": f"{fake}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-               "OMP_NUM_THREADS": "1"}
-        env.pop("LOCAL_RANK", None)
+               "SLURM_LOCALID": str(rank), "MASTER_PORT": port, "PATH": f"{fake}:{os.environ['PATH']}",
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        for key in ("MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+            env.pop(key, None)
         log = open(tmp_path / f"task{rank}.log", "w")  # closed below; a pipe could fill and block
         tasks.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
@@ -272,6 +312,7 @@ def test_on_slurm_every_rank_requeues_after_the_same_batch(tmp_path):
         while not list((run_dir / "checkpoints").glob("best-*.ckpt")) and time.time() < deadline:  # an epoch is done
             assert all(task.poll() is None for task, _ in tasks), (tmp_path / "task0.log").read_text()[-3000:]
             time.sleep(0.1)
+        assert time.time() < deadline, "no epoch ended in 300 s"
         tasks[1][0].send_signal(signal.SIGUSR1)
         codes = [task.wait(timeout=300) for task, _ in tasks]
     finally:
