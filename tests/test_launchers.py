@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -175,7 +176,30 @@ def test_slurm_preemption_requeues_and_the_requeued_job_resumes(tmp_path):
     assert calls.read_text().split() == ["requeue", "4242"]  # requeued once
 
 
-def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_batch(make_cfg, monkeypatch, tmp_path,
+@pytest.fixture
+def on_slurm(monkeypatch, tmp_path) -> Path:
+    """This process as SLURM's job 4242 with a fake ``scontrol``: the file its calls are appended to."""
+    for name, value in SLURM_ENV.items():
+        monkeypatch.setenv(name, value)
+    fake = _fake_commands(tmp_path / "bin", "scontrol")
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    return fake / "scontrol.calls"
+
+
+def _train(make_cfg, monkeypatch, *overrides: str, callback: L.Callback | None = None) -> Path:
+    """The tiny run in this process, ``callback`` first among its callbacks: its run directory."""
+    import gtsrb.training
+    from gtsrb.training import build_callbacks, train
+
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
+        *([callback] if callback else []), *build_callbacks(cfg, with_logger)])
+    cfg = make_cfg("trainer.fast_dev_run=false", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
+                   *overrides)
+    train(cfg)
+    return Path(cfg.output_dir)
+
+
+def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_batch(make_cfg, monkeypatch, on_slurm,
                                                                                    one_thread):
     """Lightning requeues inside the signal handler, which re-entered the CSV logger's save when SIGUSR1 came in the
     middle of it (in CI that left rows wider than the header, and the next save failed with "dict contains fields
@@ -184,12 +208,6 @@ def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_b
     for nothing more; and, with no SIGTERM following, the run trains to the end."""
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-    from gtsrb.training import train
-
-    for name, value in SLURM_ENV.items():
-        monkeypatch.setenv(name, value)
-    fake = _fake_commands(tmp_path / "bin", "scontrol")
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     run_dir = Path(make_cfg().output_dir)
     writes = {"under_way": False, "reentered": False, "signals": 0}
     real_save = ExperimentWriter.save
@@ -207,11 +225,9 @@ def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_b
             writes["under_way"] = False
 
     monkeypatch.setattr(ExperimentWriter, "save", save_with_the_signal_in_the_middle)
-    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=3", "logger=csv", "callbacks.progress_bar=null",
-                   "+trainer.enable_progress_bar=false")
-    train(cfg)
+    assert _train(make_cfg, monkeypatch, "trainer.max_epochs=3", "logger=csv") == run_dir
     assert writes["signals"] == 2 and not writes["reentered"]
-    assert (fake / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert on_slurm.read_text().split() == ["requeue", "4242"]
     assert [path.name for path in run_dir.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
     assert hpc["global_step"] > 0 and hpc["epoch"] < 3  # saved during the run
@@ -220,14 +236,10 @@ def test_slurms_requeue_signal_in_the_middle_of_a_log_write_requeues_after_the_b
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # Lightning put back what it found
 
 
-def test_slurms_requeue_signal_during_the_final_test_requeues_when_the_test_ends(make_cfg, monkeypatch, tmp_path,
+def test_slurms_requeue_signal_during_the_final_test_requeues_when_the_test_ends(make_cfg, monkeypatch, on_slurm,
                                                                                 one_thread):
     """After ``fit`` no training batch comes: a signal during the final test is acted on when the test ends (not
     lost when Lightning puts its handlers back), and the run still writes its metrics."""
-    import lightning as L
-
-    import gtsrb.training
-    from gtsrb.training import build_callbacks, train
 
     class SignalDuringTest(L.Callback):
         saved_in_the_middle = None
@@ -238,48 +250,29 @@ def test_slurms_requeue_signal_during_the_final_test_requeues_when_the_test_ends
 
         def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
             if batch_idx == 0:
-                SignalDuringTest.saved_in_the_middle = (Path(trainer.default_root_dir) / "hpc_ckpt_1.ckpt").exists()
+                self.saved_in_the_middle = (Path(trainer.default_root_dir) / "hpc_ckpt_1.ckpt").exists()
 
-    for name, value in SLURM_ENV.items():
-        monkeypatch.setenv(name, value)
-    fake = _fake_commands(tmp_path / "bin", "scontrol")
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
-    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
-        SignalDuringTest(), *build_callbacks(cfg, with_logger)])
-    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=1", "callbacks.progress_bar=null",
-                   "+trainer.enable_progress_bar=false")
-    train(cfg)
-    run_dir = Path(cfg.output_dir)
-    assert SignalDuringTest.saved_in_the_middle is False
-    assert (fake / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    signaller = SignalDuringTest()
+    run_dir = _train(make_cfg, monkeypatch, "trainer.max_epochs=1", callback=signaller)
+    assert signaller.saved_in_the_middle is False
+    assert on_slurm.read_text().split() == ["requeue", "4242"]
     assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)["epoch"] == 1  # training had ended
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_slurms_requeue_signal_in_an_epochs_last_batch_saves_after_the_next_epochs_first(make_cfg, monkeypatch,
-                                                                                        tmp_path, one_thread):
+                                                                                        on_slurm, one_thread):
     """A checkpoint saved after an epoch's last batch resumes past that epoch's validation (Lightning counts the
     epoch as done); the requeue waits for the first batch of the next epoch, after the validation it keeps."""
-    import lightning as L
-
-    import gtsrb.training
-    from gtsrb.training import build_callbacks, train
 
     class SignalInTheLastBatch(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
                 signal.raise_signal(signal.SIGUSR1)
 
-    for name, value in SLURM_ENV.items():
-        monkeypatch.setenv(name, value)
-    fake = _fake_commands(tmp_path / "bin", "scontrol")
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
-    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
-        SignalInTheLastBatch(), *build_callbacks(cfg, with_logger)])
-    cfg = make_cfg("trainer.fast_dev_run=false", "trainer.max_epochs=2", "callbacks.progress_bar=null",
-                   "+trainer.enable_progress_bar=false")
-    train(cfg)
-    hpc = torch.load(Path(cfg.output_dir) / "hpc_ckpt_1.ckpt", weights_only=False)
+    run_dir = _train(make_cfg, monkeypatch, "trainer.max_epochs=2", callback=SignalInTheLastBatch())
+    assert on_slurm.read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
     assert hpc["epoch"] == 1
     assert [(row["epoch"], "val/acc" in row) for row in hpc["callbacks"]["EpochHistory"]["history"]] == [(0, True)]
 
