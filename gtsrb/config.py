@@ -75,6 +75,8 @@ class AugmentationConfig:
     blur: float = 0.0  # probability of a Gaussian blur
     auto_augment: Optional[str] = None  # randaugment | trivialaugment
     random_erasing: float = 0.0  # probability
+    cooldown_epochs: int = 0  # the last N epochs train with the changes in ``cooldown`` (gtsrb/cooldown.py)
+    cooldown: dict[str, Any] = field(default_factory=dict)  # fields above -> their value in those epochs
 
 
 @dataclass
@@ -198,6 +200,7 @@ _RANGES = {  # key: (low, high), inclusive
     "mixup.cutmix_alpha": (0.0, 10.0),
     "mixup.prob": (0.0, 1.0),
     "weight_averaging.decay": (0.0, 0.99999),
+    "augmentation.cooldown_epochs": (0, 100_000),
     "resolution.min_size": (8, 1024),
     "resolution.start_epoch": (0, 100_000),
     "resolution.end_epoch": (0, 100_000),
@@ -216,20 +219,10 @@ _RANGES = {  # key: (low, high), inclusive
 
 def validate(cfg: DictConfig) -> None:
     """Check choices and ranges; raise a one-line :class:`UserError` on the first bad value."""
-    from omegaconf import OmegaConf
-
-    for key, allowed in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            shown = ", ".join("null" if a is None else a for a in allowed)
-            raise UserError(f"{key}={value} is not a valid choice; use one of: {shown}")
-    for key, (low, high) in _RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not low <= value <= high:
-            raise UserError(f"{key}={value} is out of range; use a value between {low} and {high}")
-    scale = cfg.augmentation.scale
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-        raise UserError(f"augmentation.scale={list(scale)} must be [low, high] with 0 < low <= high")
+    _check_values(cfg)
+    _check_augmentation(cfg.augmentation)
+    if cfg.augmentation.cooldown_epochs:
+        _check_cooldown(cfg)
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
         raise UserError("data.mean and data.std need three values each (RGB), with std > 0")
     if not cfg.data.in_memory:
@@ -244,6 +237,65 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"data.folds={folds}: data.source={source.name} validates on {source.validation(cfg.data)}, "
                         "so every fold would be the same run; k-fold cross-validation needs data=gtsrb, "
                         "or set data.folds=0")
+
+
+def _check_values(cfg: DictConfig, prefix: str = "", shown_as: str = "") -> None:
+    """The choices and ranges of the keys under ``prefix``, named with ``shown_as`` in place of it when given."""
+    from omegaconf import OmegaConf
+
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if key.startswith(prefix) and value not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            raise UserError(f"{_shown(key, prefix, shown_as)}={value} is not a valid choice; use one of: {shown}")
+    for key, (low, high) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if key.startswith(prefix) and value is not None and not low <= value <= high:
+            raise UserError(f"{_shown(key, prefix, shown_as)}={value} is out of range; "
+                            f"use a value between {low} and {high}")
+
+
+def _shown(key: str, prefix: str, shown_as: str) -> str:
+    return shown_as + key[len(prefix):] if shown_as else key
+
+
+def _check_augmentation(aug: DictConfig, key: str = "augmentation") -> None:
+    scale = aug.scale
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise UserError(f"{key}.scale={list(scale)} must be [low, high] with 0 < low <= high")
+
+
+def cooled_augmentation(aug: DictConfig | dict) -> DictConfig:
+    """``aug`` with its ``cooldown`` changes applied: what the last ``cooldown_epochs`` epochs train with.
+    A key that is not an augmentation field fails here, with the fields it could have been."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    aug = OmegaConf.merge(OmegaConf.structured(AugmentationConfig), aug)
+    changes = OmegaConf.to_container(aug.cooldown)
+    settings = [f for f in AugmentationConfig.__dataclass_fields__ if f not in ("name", "cooldown", "cooldown_epochs")]
+    unknown = sorted(set(changes) - set(settings))
+    if unknown:
+        raise UserError(f"augmentation.cooldown.{unknown[0]} is not an augmentation setting; "
+                        f"the cooldown can change: {', '.join(settings)}")
+    try:
+        return OmegaConf.merge(aug, changes, {"cooldown": {}, "cooldown_epochs": 0})
+    except (ConfigKeyError, ValidationError) as err:
+        raise UserError(f"augmentation.cooldown.{err.key}: {err.msg.splitlines()[0]}") from None
+
+
+def _check_cooldown(cfg: DictConfig) -> None:
+    """The cooled augmentation passes the same checks, named by the keys the user wrote; it needs the batched path,
+    where the training process applies each epoch's augmentation (workers keep the one they were started with)."""
+    from omegaconf import OmegaConf
+
+    if cfg.data.augment_on != "batch":
+        raise UserError(f"augmentation.cooldown_epochs={cfg.augmentation.cooldown_epochs} changes the augmentation "
+                        "between epochs, which data.augment_on=sample cannot (its workers keep the first one); "
+                        "use data.augment_on=batch or augmentation.cooldown_epochs=0")
+    cooled = cooled_augmentation(cfg.augmentation)
+    _check_values(OmegaConf.create({"augmentation": cooled}), "augmentation.", "augmentation.cooldown.")
+    _check_augmentation(cooled, "augmentation.cooldown")
 
 
 def _check_progressive(cfg: DictConfig) -> None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from gtsrb.averaging import EMA
 from gtsrb.budget import BudgetWatch, plan_run, process_start
 from gtsrb.config import validate
+from gtsrb.cooldown import AugmentationCooldown
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError, first_line
 from gtsrb.finetuning import TwoPhaseFinetuning
@@ -57,6 +58,8 @@ def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[L.Callbac
     if res.name == "progressive":
         callbacks.append(ProgressiveResizing(res.min_size, cfg.data.image_size, res.start_epoch, res.end_epoch,
                                              res.multiple_of))
+    if cfg.augmentation.cooldown_epochs:
+        callbacks.append(AugmentationCooldown(cfg.augmentation))
     ft = cfg.finetuning
     if ft.name != "full":
         if is_pretrained(cfg):

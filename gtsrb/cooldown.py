@@ -1,0 +1,71 @@
+"""Augmentation cooldown: the last epochs of a run train on milder augmentation than the rest.
+
+Strong augmentation (TrivialAugment, random erasing) keeps a long schedule learning, but the images it makes are
+further from the ones the model will be tested on than the standard pose and lighting changes are. He et al.
+("Data Augmentation Revisited", 2019) closed that gap by refining on less augmented images for the last epochs;
+YOLOv8's ``close_mosaic`` and timm's ``--mixup-off-epoch`` do the same for mosaic and MixUp. Here
+``augmentation.cooldown_epochs=N`` trains the last N epochs with the changes listed under
+``augmentation.cooldown`` (``conf/augmentation/strong.yaml`` lists the ones that turn it back into ``standard``:
+no auto-augment, no erasing).
+
+How, and the traps it avoids:
+
+* The augmentation is a function of the epoch alone, so a resumed run picks up the one its epoch had.
+* "The last N" counts from ``trainer.max_epochs`` when training starts, after ``time_budget_s`` has planned the
+  epochs, so a budgeted run cools down in the epochs it will actually train; a cooldown that would cover every
+  epoch is refused then, with the fix.
+* Only the batched path (``data.augment_on=batch``) can change it between epochs: the per-sample path's worker
+  processes keep the augmentation they started with, so that combination is refused when the config is checked.
+* Validation, test and everything shipped never see training augmentation, so nothing else changes.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from omegaconf import DictConfig
+
+from gtsrb.config import cooled_augmentation
+from gtsrb.data.batch_augment import BatchAugment
+from gtsrb.errors import UserError
+
+
+class AugmentationCooldown(L.Callback):
+    def __init__(self, augmentation: DictConfig | dict) -> None:
+        self.cooled = cooled_augmentation(augmentation)
+        self.epochs = int(augmentation["cooldown_epochs"])
+        if self.epochs < 1:
+            raise ValueError(f"cooldown_epochs={self.epochs}: a cooldown needs at least one epoch")
+        self._full: BatchAugment | None = None  # the datamodule's own augmentation, put back outside the cooldown
+        self._mild: BatchAugment | None = None
+
+    def cools(self, epoch: int, max_epochs: int) -> bool:
+        """Whether ``epoch`` (0-based) of a run of ``max_epochs`` trains with the cooled augmentation."""
+        return epoch >= max_epochs - self.epochs
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """At least one epoch with the full augmentation. ``fast_dev_run`` (one batch) is a smoke test, and passes."""
+        if trainer.fast_dev_run:
+            return
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            raise UserError(f"augmentation.cooldown_epochs={self.epochs} counts back from the last epoch, so it needs "
+                            "trainer.max_epochs (or time_budget_s); set one, or augmentation.cooldown_epochs=0")
+        if trainer.max_epochs <= self.epochs:
+            raise UserError(f"augmentation.cooldown_epochs={self.epochs} covers all {trainer.max_epochs} epochs this "
+                            "run trains (trainer.max_epochs, or what time_budget_s planned); use at most "
+                            f"augmentation.cooldown_epochs={trainer.max_epochs - 1}, or more epochs")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not isinstance(getattr(datamodule, "augment", None), BatchAugment):
+            raise TypeError("AugmentationCooldown changes the augmentation of TrafficSignDataModule; "
+                            "pass one to trainer.fit(datamodule=...)")
+        if self._full is None:
+            self._full = datamodule.augment
+            self._mild = BatchAugment(self.cooled, self._full.mean, self._full.std, datamodule.flip_map)
+        cool = self.cools(trainer.current_epoch, trainer.max_epochs)
+        datamodule.augment = self._mild if cool else self._full
+        pl_module.log("train/augmentation_cooldown", float(cool), on_step=False, on_epoch=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.datamodule is not None and self._full is not None:
+            trainer.datamodule.augment = self._full
