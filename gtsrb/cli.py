@@ -37,8 +37,9 @@ def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The most specific message in an exception chain, folded to one line, with Hydra's fix for a key that is new
-    to the config (``+key=value``), which its outer message holds."""
+    """The most specific message in an exception chain, folded to one line. A key new to an open mapping (``trainer``,
+    ``augmentation.cooldown``) keeps Hydra's fix (``+key=value``) from its outer message; a key missing from a typed
+    schema is more likely a typo, which ``+`` would add unread, so it gets no such hint."""
     hint = next((line.strip() for line in str(exc).splitlines() if line.strip().startswith("To append")), "")
     while exc.__cause__ is not None and isinstance(exc.__cause__, Exception):
         exc = exc.__cause__
@@ -47,7 +48,7 @@ def _one_line(exc: BaseException) -> str:
     key = getattr(exc, "full_key", None)
     if isinstance(exc, OmegaConfBaseException) and key:
         message = f"{key}: {message}"
-    return f"{message}; {hint[0].lower()}{hint[1:]}" if hint else message
+    return f"{message}; {hint[0].lower()}{hint[1:]}" if hint and "not in struct" in message else message
 
 
 MAX_SWEEP_CHECKS = 256  # sweeps with more combinations are checked one swept value at a time

@@ -118,12 +118,19 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
     (["data.batch_size=abc"], ["data.batch_size", "abc"]),
     (["data.val_fraction=1.5"], ["data.val_fraction=1.5", "between"]),
     (["scheduler.name=step"], ["scheduler.name=step", "onecycle"]),
-], ids=["unknown-option", "unknown-sweep-option", "wrong-type", "out-of-range", "bad-choice"])
+    (["augmentation.cooldown.rotation=5"], ["augmentation.cooldown.rotation", "use +augmentation.cooldown.rotation=5"]),
+], ids=["unknown-option", "unknown-sweep-option", "wrong-type", "out-of-range", "bad-choice", "new-key-without-plus"])
 def test_bad_overrides_fail_fast_with_one_line(args, expected, tmp_path):
     line = _error_line(run_train(*args, f"hydra.run.dir={tmp_path}", check=False))
     for text in expected:
         assert text in line
     assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_a_misspelt_key_is_not_offered_as_a_new_one(tmp_path):
+    """``+optimizer.lrr`` would be accepted and never read: the fix for a typo is the right name, not a plus."""
+    line = _error_line(run_train("optimizer.lrr=1e-3", f"hydra.run.dir={tmp_path}", check=False))
+    assert "optimizer.lrr" in line and "not in 'OptimizerConfig'" in line and "+optimizer" not in line
 
 
 @pytest.mark.parametrize(("args", "expected"), [
