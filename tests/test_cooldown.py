@@ -1,0 +1,91 @@
+"""augmentation.cooldown_epochs: the last epochs train with the cooled augmentation, the others with the full one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from gtsrb.config import cooled_augmentation
+from gtsrb.cooldown import AugmentationCooldown
+from gtsrb.data.datamodule import TrafficSignDataModule
+from gtsrb.errors import UserError
+from gtsrb.module import TrafficSignClassifier
+from gtsrb.training import train
+
+
+def test_the_cooldown_changes_only_the_listed_settings(make_cfg):
+    cfg = make_cfg("augmentation=strong", "augmentation.cooldown_epochs=2", "+augmentation.cooldown.rotation=5")
+    cooled = cooled_augmentation(cfg.augmentation)
+    assert (cooled.auto_augment, cooled.random_erasing, cooled.rotation) == (None, 0.0, 5.0)
+    unchanged = {"name", "hflip", "translate", "scale", "shear", "perspective", "brightness", "contrast", "blur"}
+    assert {k: cooled[k] for k in unchanged} == {k: cfg.augmentation[k] for k in unchanged}
+    assert cfg.augmentation.auto_augment == "trivialaugment"  # the run's own config is left as it was
+
+
+def test_the_last_epochs_cool_down_counted_from_the_end():
+    cooldown = AugmentationCooldown({"cooldown_epochs": 2, "cooldown": {"random_erasing": 0.0}})
+    assert [cooldown.cools(epoch, 5) for epoch in range(5)] == [False, False, False, True, True]
+    assert [cooldown.cools(epoch, 3) for epoch in range(3)] == [False, True, True]
+
+
+class _AugmentSpy(L.Callback):
+    """The augmentation each training batch was made with, by epoch, and whether its images were erased."""
+
+    def __init__(self) -> None:
+        self.settings: dict[int, set[tuple]] = {}
+        self.erased: dict[int, bool] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        aug = trainer.datamodule.augment.aug
+        self.settings.setdefault(trainer.current_epoch, set()).add((aug.auto_augment, aug.random_erasing))
+        # erasing fills a box with 0 in every channel (the mean colour after normalisation); no uint8 level
+        # normalises to exactly 0 in all three channels, so without erasing no pixel is 0 in all of them
+        zero_pixels = (batch[0] == 0).all(dim=1).flatten(1).sum(dim=1)
+        self.erased[trainer.current_epoch] = self.erased.get(trainer.current_epoch, False) or bool(zero_pixels.any())
+
+
+def test_training_batches_follow_the_cooldown_and_the_full_augmentation_comes_back(make_cfg, one_thread):
+    cfg = make_cfg("augmentation=none", "augmentation.random_erasing=1.0", "augmentation.cooldown_epochs=1",
+                   "+augmentation.cooldown.random_erasing=0.0")
+    datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=0)
+    datamodule.setup("fit")
+    full = datamodule.augment
+    model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, datamodule.class_names)
+    spy = _AugmentSpy()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[AugmentationCooldown(cfg.augmentation), spy])
+    trainer.fit(model, datamodule=datamodule)
+
+    assert spy.settings == {0: {(None, 1.0)}, 1: {(None, 1.0)}, 2: {(None, 0.0)}}
+    assert spy.erased == {0: True, 1: True, 2: False}
+    assert datamodule.augment is full  # a later fit on this data module starts with the full augmentation
+
+
+def test_train_reports_which_epochs_cooled_down(make_cfg, one_thread):
+    cfg = make_cfg("augmentation=strong", "augmentation.cooldown_epochs=1", "trainer.fast_dev_run=false",
+                   "trainer.max_epochs=3", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+                   "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false", "test=false")
+    train(cfg)
+    history = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())["history"]
+    assert [row["train/augmentation_cooldown"] for row in history] == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(("overrides", "names"), [
+    (["+augmentation.cooldown.rotations=5"], r"augmentation.cooldown.rotations is not an augmentation setting.*rotation"),
+    (["+augmentation.cooldown.rotation=90"], r"augmentation.cooldown.rotation=90.0 is out of range"),
+    (["+augmentation.cooldown.auto_augment=autoaugment"], r"augmentation.cooldown.auto_augment=autoaugment is not"),
+    (["+augmentation.cooldown.scale=[1.2,0.8]"], r"augmentation.cooldown.scale=\[1.2, 0.8\] must be"),
+    (["+augmentation.cooldown.rotation=abc"], r"augmentation.cooldown.rotation: Value 'abc'"),
+    (["data.augment_on=sample"], r"data.augment_on=sample cannot.*use data.augment_on=batch"),
+    (["trainer.max_epochs=2"], r"cooldown_epochs=2 covers all 2 epochs.*at most augmentation.cooldown_epochs=1"),
+])
+def test_a_cooldown_that_cannot_work_is_refused_before_training(make_cfg, overrides, names):
+    cfg = make_cfg("augmentation=strong", "augmentation.cooldown_epochs=2", "trainer.fast_dev_run=false",
+                   "trainer.max_epochs=5", *overrides)
+    with pytest.raises(UserError, match=names):
+        train(cfg)
+    assert not (Path(cfg.output_dir) / "checkpoints").exists()
