@@ -38,8 +38,9 @@ def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
 
 def _one_line(exc: BaseException) -> str:
     """The most specific message in an exception chain, folded to one line. A key new to an open mapping (``trainer``,
-    ``augmentation.cooldown``) keeps Hydra's fix (``+key=value``) from its outer message; a key missing from a typed
-    schema is more likely a typo, which ``+`` would add unread, so it gets no such hint."""
+    ``augmentation.cooldown``) keeps Hydra's fix (``+key=value``) from its outer message, which is right for a new
+    key (a misspelt one is then named by whatever reads the mapping). A key missing from a typed schema gets no such
+    hint: the schema refuses ``+`` as well, so the fix is the right name."""
     hint = next((line.strip() for line in str(exc).splitlines() if line.strip().startswith("To append")), "")
     while exc.__cause__ is not None and isinstance(exc.__cause__, Exception):
         exc = exc.__cause__

@@ -9,7 +9,7 @@ allowed values and the fix in one line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -196,11 +196,11 @@ _RANGES = {  # key: (low, high), inclusive
     "augmentation.hue": (0.0, 0.1),
     "augmentation.blur": (0.0, 1.0),
     "augmentation.random_erasing": (0.0, 1.0),
+    "augmentation.cooldown_epochs": (0, 100_000),
     "mixup.mixup_alpha": (0.0, 10.0),
     "mixup.cutmix_alpha": (0.0, 10.0),
     "mixup.prob": (0.0, 1.0),
     "weight_averaging.decay": (0.0, 0.99999),
-    "augmentation.cooldown_epochs": (0, 100_000),
     "resolution.min_size": (8, 1024),
     "resolution.start_epoch": (0, 100_000),
     "resolution.end_epoch": (0, 100_000),
@@ -221,8 +221,7 @@ def validate(cfg: DictConfig) -> None:
     """Check choices and ranges; raise a one-line :class:`UserError` on the first bad value."""
     _check_values(cfg)
     _check_augmentation(cfg.augmentation)
-    if cfg.augmentation.cooldown_epochs:
-        _check_cooldown(cfg)
+    _check_cooldown(cfg)
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
         raise UserError("data.mean and data.std need three values each (RGB), with std > 0")
     if not cfg.data.in_memory:
@@ -244,13 +243,17 @@ def _check_values(cfg: DictConfig, prefix: str = "", shown_as: str = "") -> None
     from omegaconf import OmegaConf
 
     for key, allowed in _CHOICES.items():
+        if not key.startswith(prefix):
+            continue
         value = OmegaConf.select(cfg, key)
-        if key.startswith(prefix) and value not in allowed:
+        if value not in allowed:
             shown = ", ".join("null" if a is None else a for a in allowed)
             raise UserError(f"{_shown(key, prefix, shown_as)}={value} is not a valid choice; use one of: {shown}")
     for key, (low, high) in _RANGES.items():
+        if not key.startswith(prefix):
+            continue
         value = OmegaConf.select(cfg, key)
-        if key.startswith(prefix) and value is not None and not low <= value <= high:
+        if value is not None and not low <= value <= high:
             raise UserError(f"{_shown(key, prefix, shown_as)}={value} is out of range; "
                             f"use a value between {low} and {high}")
 
@@ -273,29 +276,41 @@ def cooled_augmentation(aug: DictConfig | dict) -> DictConfig:
 
     aug = OmegaConf.merge(OmegaConf.structured(AugmentationConfig), aug)
     changes = OmegaConf.to_container(aug.cooldown)
-    settings = [f for f in AugmentationConfig.__dataclass_fields__ if f not in ("name", "cooldown", "cooldown_epochs")]
+    settings = [f.name for f in fields(AugmentationConfig) if f.name not in ("name", "cooldown", "cooldown_epochs")]
     unknown = sorted(set(changes) - set(settings))
     if unknown:
         raise UserError(f"augmentation.cooldown.{unknown[0]} is not an augmentation setting; "
                         f"the cooldown can change: {', '.join(settings)}")
     try:
-        return OmegaConf.merge(aug, changes, {"cooldown": {}, "cooldown_epochs": 0})
+        cooled = OmegaConf.merge(aug, changes)
     except (ConfigKeyError, ValidationError) as err:
-        raise UserError(f"augmentation.cooldown.{err.key}: {err.msg.splitlines()[0]}") from None
+        raise UserError(f"augmentation.cooldown.{err.full_key}: {err.msg.splitlines()[0]}") from None
+    cooled.cooldown, cooled.cooldown_epochs = {}, 0  # the cooled settings themselves: nothing left to cool
+    return cooled
 
 
 def _check_cooldown(cfg: DictConfig) -> None:
-    """The cooled augmentation passes the same checks, named by the keys the user wrote; it needs the batched path,
-    where the training process applies each epoch's augmentation (workers keep the one they were started with)."""
+    """The cooled augmentation passes the same checks, named by the keys the user wrote, whether or not this run
+    cools down (a misspelt key fails now, not when the cooldown is turned on). A cooldown needs changes to make,
+    and the batched path, where the training process applies each epoch's augmentation: the per-sample loader
+    holds its own copy of the augmentation it was built with."""
     from omegaconf import OmegaConf
 
-    if cfg.data.augment_on != "batch":
-        raise UserError(f"augmentation.cooldown_epochs={cfg.augmentation.cooldown_epochs} changes the augmentation "
-                        "between epochs, which data.augment_on=sample cannot (its workers keep the first one); "
-                        "use data.augment_on=batch or augmentation.cooldown_epochs=0")
-    cooled = cooled_augmentation(cfg.augmentation)
+    aug = cfg.augmentation
+    cooled = cooled_augmentation(aug)
     _check_values(OmegaConf.create({"augmentation": cooled}), "augmentation.", "augmentation.cooldown.")
     _check_augmentation(cooled, "augmentation.cooldown")
+    if not aug.cooldown_epochs:
+        return
+    if not aug.cooldown:
+        raise UserError(f"augmentation.cooldown_epochs={aug.cooldown_epochs} with augmentation={aug.name}: "
+                        "augmentation.cooldown lists no change, so those epochs would train as the others; "
+                        "add one, e.g. +augmentation.cooldown.rotation=5, or use augmentation=strong")
+    if cfg.data.augment_on != "batch":
+        fix = "data.augment_on=batch" if cfg.data.in_memory else "data.in_memory=true data.augment_on=batch"
+        raise UserError(f"augmentation.cooldown_epochs={aug.cooldown_epochs} changes the augmentation between "
+                        "epochs, which data.augment_on=sample cannot (its loader holds the augmentation it was built "
+                        f"with); use {fix}, or augmentation.cooldown_epochs=0")
 
 
 def _check_progressive(cfg: DictConfig) -> None:

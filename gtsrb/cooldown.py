@@ -10,16 +10,24 @@ no auto-augment, no erasing).
 
 How, and the traps it avoids:
 
-* The augmentation is a function of the epoch alone, so a resumed run picks up the one its epoch had.
+* The augmentation is a function of the epoch alone, set when training starts as well as at each epoch: a run
+  resumed in the middle of an epoch (``interrupted.ckpt``, gtsrb/preemption.py) starts there, where Lightning
+  calls no ``on_train_epoch_start``, and still trains the rest of that epoch with the augmentation it had.
 * "The last N" counts from ``trainer.max_epochs`` when training starts, after ``time_budget_s`` has planned the
   epochs, so a budgeted run cools down in the epochs it will actually train; a cooldown that would cover every
-  epoch is refused then, with the fix.
-* Only the batched path (``data.augment_on=batch``) can change it between epochs: the per-sample path's worker
-  processes keep the augmentation they started with, so that combination is refused when the config is checked.
+  epoch is refused then, with the fix. A run that stops before ``trainer.max_epochs`` (early stopping, a pruned
+  trial, ``max_steps``) may end before its cooldown: the recipes turn early stopping off, and a warning says so
+  when it is on.
+* ``fast_dev_run`` (one batch) is a smoke test of the augmentation most epochs use, the full one.
+* Only the batched path (``data.augment_on=batch``) can change it between epochs: the per-sample loader holds the
+  augmentation it was built with (and its worker processes a copy of it), so that combination is refused when the
+  config is checked, and again here for a data module built by hand.
 * Validation, test and everything shipped never see training augmentation, so nothing else changes.
 """
 
 from __future__ import annotations
+
+import logging
 
 import lightning as L
 from omegaconf import DictConfig
@@ -27,6 +35,8 @@ from omegaconf import DictConfig
 from gtsrb.config import cooled_augmentation
 from gtsrb.data.batch_augment import BatchAugment
 from gtsrb.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class AugmentationCooldown(L.Callback):
@@ -49,23 +59,40 @@ class AugmentationCooldown(L.Callback):
         if trainer.max_epochs is None or trainer.max_epochs < 0:
             raise UserError(f"augmentation.cooldown_epochs={self.epochs} counts back from the last epoch, so it needs "
                             "trainer.max_epochs (or time_budget_s); set one, or augmentation.cooldown_epochs=0")
+        if trainer.early_stopping_callback is not None:
+            log.warning("augmentation.cooldown_epochs=%d counts back from epoch %d, and early stopping may end the run "
+                        "before it: set callbacks.early_stopping=null to be sure it cools down", self.epochs,
+                        trainer.max_epochs)
         if trainer.max_epochs <= self.epochs:
             raise UserError(f"augmentation.cooldown_epochs={self.epochs} covers all {trainer.max_epochs} epochs this "
                             "run trains (trainer.max_epochs, or what time_budget_s planned); use at most "
                             f"augmentation.cooldown_epochs={trainer.max_epochs - 1}, or more epochs")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Also here: a run resumed mid-epoch gets no ``on_train_epoch_start`` for the epoch it resumes in."""
+        self._apply(trainer)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is None or not isinstance(getattr(datamodule, "augment", None), BatchAugment):
-            raise TypeError("AugmentationCooldown changes the augmentation of TrafficSignDataModule; "
-                            "pass one to trainer.fit(datamodule=...)")
-        if self._full is None:
-            self._full = datamodule.augment
-            self._mild = BatchAugment(self.cooled, self._full.mean, self._full.std, datamodule.flip_map)
-        cool = self.cools(trainer.current_epoch, trainer.max_epochs)
-        datamodule.augment = self._mild if cool else self._full
-        pl_module.log("train/augmentation_cooldown", float(cool), on_step=False, on_epoch=True)
+        cool = self._apply(trainer)
+        pl_module.log("train/augmentation_cooldown", float(cool), on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.datamodule is not None and self._full is not None:
             trainer.datamodule.augment = self._full
+        self._full = self._mild = None  # a later fit may bring another data module
+
+    def _apply(self, trainer: L.Trainer) -> bool:
+        """Give the data module the augmentation of the current epoch; whether it is the cooled one."""
+        datamodule = trainer.datamodule
+        if datamodule is None or not isinstance(getattr(datamodule, "augment", None), BatchAugment):
+            raise TypeError("AugmentationCooldown changes the augmentation of TrafficSignDataModule; "
+                            "pass one to trainer.fit(datamodule=...)")
+        if not datamodule.batched:
+            raise UserError("augmentation.cooldown_epochs changes the augmentation between epochs, which "
+                            "data.augment_on=sample cannot; use data.augment_on=batch")
+        if self._full is None:
+            self._full = datamodule.augment
+            self._mild = BatchAugment(self.cooled, self._full.mean, self._full.std, datamodule.flip_map)
+        cool = not trainer.fast_dev_run and self.cools(trainer.current_epoch, trainer.max_epochs)
+        datamodule.augment = self._mild if cool else self._full
+        return cool

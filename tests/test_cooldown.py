@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gtsrb.config import cooled_augmentation
 from gtsrb.cooldown import AugmentationCooldown
@@ -20,8 +21,10 @@ def test_the_cooldown_changes_only_the_listed_settings(make_cfg):
     cfg = make_cfg("augmentation=strong", "augmentation.cooldown_epochs=2", "+augmentation.cooldown.rotation=5")
     cooled = cooled_augmentation(cfg.augmentation)
     assert (cooled.auto_augment, cooled.random_erasing, cooled.rotation) == (None, 0.0, 5.0)
-    unchanged = {"name", "hflip", "translate", "scale", "shear", "perspective", "brightness", "contrast", "blur"}
-    assert {k: cooled[k] for k in unchanged} == {k: cfg.augmentation[k] for k in unchanged}
+    changed = {"auto_augment", "random_erasing", "rotation", "cooldown", "cooldown_epochs"}
+    unchanged = set(cfg.augmentation) - changed
+    assert "hue" in unchanged and {k: cooled[k] for k in unchanged} == {k: cfg.augmentation[k] for k in unchanged}
+    assert (cooled.cooldown_epochs, dict(cooled.cooldown)) == (0, {})  # nothing left to cool
     assert cfg.augmentation.auto_augment == "trivialaugment"  # the run's own config is left as it was
 
 
@@ -65,6 +68,39 @@ def test_training_batches_follow_the_cooldown_and_the_full_augmentation_comes_ba
     assert datamodule.augment is full  # a later fit on this data module starts with the full augmentation
 
 
+def test_a_run_resumed_inside_a_cooldown_epoch_trains_the_rest_of_it_cooled(make_cfg, one_thread, tmp_path):
+    """Lightning calls no on_train_epoch_start for the epoch a mid-epoch checkpoint resumes in."""
+    cfg = make_cfg("augmentation=none", "augmentation.random_erasing=1.0", "augmentation.cooldown_epochs=1",
+                   "+augmentation.cooldown.random_erasing=0.0")
+
+    def fit(callbacks, ckpt_path=None):
+        datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=0)
+        datamodule.setup("fit")
+        model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, datamodule.class_names)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=4, limit_val_batches=1,
+                            logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[AugmentationCooldown(cfg.augmentation), *callbacks])
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    # step 10 is the second batch of epoch 2 (4 batches per epoch), the cooldown epoch
+    fit([ModelCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=10, save_top_k=-1)])
+    spy = _AugmentSpy()
+    fit([spy], ckpt_path=str(tmp_path / "mid.ckpt"))
+    assert spy.settings == {2: {(None, 0.0)}} and spy.erased == {2: False}
+
+
+def test_fast_dev_run_tries_the_full_augmentation(make_cfg, one_thread):
+    cfg = make_cfg("augmentation=strong", "augmentation.cooldown_epochs=3")
+    datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=0)
+    datamodule.setup("fit")
+    model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, datamodule.class_names)
+    spy = _AugmentSpy()
+    trainer = L.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[AugmentationCooldown(cfg.augmentation), spy])
+    trainer.fit(model, datamodule=datamodule)
+    assert spy.settings == {0: {("trivialaugment", 0.25)}}
+
+
 def test_train_reports_which_epochs_cooled_down(make_cfg, one_thread):
     cfg = make_cfg("augmentation=strong", "augmentation.cooldown_epochs=1", "trainer.fast_dev_run=false",
                    "trainer.max_epochs=3", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
@@ -82,6 +118,8 @@ def test_train_reports_which_epochs_cooled_down(make_cfg, one_thread):
     (["+augmentation.cooldown.rotation=abc"], r"augmentation.cooldown.rotation: Value 'abc'"),
     (["data.augment_on=sample"], r"data.augment_on=sample cannot.*use data.augment_on=batch"),
     (["trainer.max_epochs=2"], r"cooldown_epochs=2 covers all 2 epochs.*at most augmentation.cooldown_epochs=1"),
+    (["augmentation=standard"], r"augmentation=standard: augmentation.cooldown lists no change.*\+augmentation"),
+    (["augmentation.cooldown_epochs=0", "+augmentation.cooldown.rotations=5"], r"cooldown.rotations is not"),
 ])
 def test_a_cooldown_that_cannot_work_is_refused_before_training(make_cfg, overrides, names):
     cfg = make_cfg("augmentation=strong", "augmentation.cooldown_epochs=2", "trainer.fast_dev_run=false",

@@ -128,7 +128,7 @@ def test_bad_overrides_fail_fast_with_one_line(args, expected, tmp_path):
 
 
 def test_a_misspelt_key_is_not_offered_as_a_new_one(tmp_path):
-    """``+optimizer.lrr`` would be accepted and never read: the fix for a typo is the right name, not a plus."""
+    """The schema refuses ``+optimizer.lrr`` too: the fix for a typo is the right name, not a plus."""
     line = _error_line(run_train("optimizer.lrr=1e-3", f"hydra.run.dir={tmp_path}", check=False))
     assert "optimizer.lrr" in line and "not in 'OptimizerConfig'" in line and "+optimizer" not in line
 
