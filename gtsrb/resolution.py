@@ -12,7 +12,9 @@ How, and the traps it avoids:
 
 * The size rises linearly from ``min_size`` at ``start_epoch`` to ``data.image_size`` at ``end_epoch``, in steps
   of ``multiple_of`` pixels (rounded down, as FFCV's ramp is rounded to its block size), and stays there. The
-  size is a function of the epoch alone, so a resumed run picks up the size its epoch had.
+  size is a function of the epoch alone, set when training starts as well as at each epoch: a run resumed in the
+  middle of an epoch (``interrupted.ckpt``, gtsrb/preemption.py) gets no ``on_train_epoch_start`` for it from
+  Lightning, and still trains the rest of that epoch at the size it had.
 * The images are scaled down on the training device after augmentation (antialiased bilinear, as
   ``transforms.v2.Resize`` does), by :meth:`~gtsrb.data.datamodule.TrafficSignDataModule.augment_batch`. The
   data, its cache and the augmentation stay at the full size: the same pose and lighting at any scale.
@@ -57,14 +59,23 @@ class ProgressiveResizing(L.Callback):
                             f"planned); use resolution.end_epoch={max(0, trainer.max_epochs - 1)} or less, "
                             "or a larger budget")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Also here: a run resumed mid-epoch gets no ``on_train_epoch_start`` for the epoch it resumes in."""
+        self._apply(trainer)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        size = self._apply(trainer)
+        pl_module.log("train/image_size", float(size), on_step=False, on_epoch=True, sync_dist=True)
+
+    def _apply(self, trainer: L.Trainer) -> int:
+        """Set the training image size of the current epoch on the data module, and return it."""
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "train_image_size"):
             raise TypeError("ProgressiveResizing resizes the batches of TrafficSignDataModule; "
                             "pass one to trainer.fit(datamodule=...)")
         size = self.size_at(trainer.current_epoch)
         datamodule.train_image_size = None if size == self.max_size else size
-        pl_module.log("train/image_size", float(size), on_step=False, on_epoch=True)
+        return size
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.datamodule is not None:
