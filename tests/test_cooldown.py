@@ -79,6 +79,7 @@ def test_a_run_resumed_inside_a_cooldown_epoch_trains_the_rest_of_it_cooled(make
         model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, datamodule.class_names)
         trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=4, limit_val_batches=1,
                             logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path,
                             callbacks=[AugmentationCooldown(cfg.augmentation), *callbacks])
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
@@ -111,7 +112,7 @@ def test_train_reports_which_epochs_cooled_down(make_cfg, one_thread):
 
 
 @pytest.mark.parametrize(("overrides", "names"), [
-    (["+augmentation.cooldown.rotations=5"], r"augmentation.cooldown.rotations is not an augmentation setting.*rotation"),
+    (["+augmentation.cooldown.rotations=5"], r"cooldown.rotations is not an augmentation setting.*rotation"),
     (["+augmentation.cooldown.rotation=90"], r"augmentation.cooldown.rotation=90.0 is out of range"),
     (["+augmentation.cooldown.auto_augment=autoaugment"], r"augmentation.cooldown.auto_augment=autoaugment is not"),
     (["+augmentation.cooldown.scale=[1.2,0.8]"], r"augmentation.cooldown.scale=\[1.2, 0.8\] must be"),
