@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from lightning.pytorch.callbacks import ModelCheckpoint
+from resuming import fit_resumed_mid_epoch
 
 from gtsrb.config import cooled_augmentation
 from gtsrb.cooldown import AugmentationCooldown
@@ -73,20 +73,8 @@ def test_a_run_resumed_inside_a_cooldown_epoch_trains_the_rest_of_it_cooled(make
     cfg = make_cfg("augmentation=none", "augmentation.random_erasing=1.0", "augmentation.cooldown_epochs=1",
                    "+augmentation.cooldown.random_erasing=0.0")
 
-    def fit(callbacks, ckpt_path=None):
-        datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=0)
-        datamodule.setup("fit")
-        model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, datamodule.class_names)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=4, limit_val_batches=1,
-                            logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp_path,
-                            callbacks=[AugmentationCooldown(cfg.augmentation), *callbacks])
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-
-    # step 10 is the second batch of epoch 2 (4 batches per epoch), the cooldown epoch
-    fit([ModelCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=10, save_top_k=-1)])
-    spy = _AugmentSpy()
-    fit([spy], ckpt_path=str(tmp_path / "mid.ckpt"))
+    spy = _AugmentSpy()  # step 10 is the second batch of epoch 2, the cooldown epoch
+    fit_resumed_mid_epoch(cfg, lambda: AugmentationCooldown(cfg.augmentation), spy, tmp_path, at_step=10)
     assert spy.settings == {2: {(None, 0.0)}} and spy.erased == {2: False}
 
 

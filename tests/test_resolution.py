@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from resuming import fit_resumed_mid_epoch
 
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
@@ -57,21 +57,8 @@ def test_training_batches_follow_the_schedule_and_validation_stays_full_size(mak
 def test_a_run_resumed_inside_a_small_epoch_trains_the_rest_of_it_small(make_cfg, one_thread, tmp_path):
     """Lightning calls no on_train_epoch_start for the epoch a mid-epoch checkpoint resumes in."""
     cfg = make_cfg("data.image_size=32", "augmentation=none")
-
-    def fit(callbacks, ckpt_path=None):
-        datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=0)
-        datamodule.setup("fit")
-        model = TrafficSignClassifier(cfg.model, cfg.optimizer, cfg.scheduler, datamodule.class_names)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=4, limit_val_batches=1,
-                            logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp_path,
-                            callbacks=[ProgressiveResizing(16, 32, 0, 2, 8), *callbacks])
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-
-    # step 7 is the third batch of epoch 1 (4 batches per epoch), which trains at 24 px
-    fit([ModelCheckpoint(dirpath=tmp_path, filename="mid", every_n_train_steps=7, save_top_k=-1)])
-    spy = _SizeSpy()
-    fit([spy], ckpt_path=str(tmp_path / "mid.ckpt"))
+    spy = _SizeSpy()  # step 7 is the third batch of epoch 1, which trains at 24 px
+    fit_resumed_mid_epoch(cfg, lambda: ProgressiveResizing(16, 32, 0, 2, 8), spy, tmp_path, at_step=7)
     assert spy.train == {1: {(24, 24)}, 2: {(32, 32)}}
 
 
