@@ -32,10 +32,8 @@ from types import SimpleNamespace
 
 import lightning as L
 
-from benchmarks.recipe import run_recipe
+from benchmarks.recipe import run_dir, run_recipe
 from gtsrb import crossval
-
-ARMS = ("lever", "control")
 
 
 class CheckpointAt(L.Callback):
@@ -55,8 +53,8 @@ def checkpoint_path(run: Path, epoch: int) -> Path:
 
 
 def _train(args, out: Path, overrides: list[str], seed: int, fold: int) -> Path:
-    """One run into ``<out>/recipe/seed<seed>_fold<fold>``, unless a finished one is there already."""
-    run = out / "recipe" / f"seed{seed}_fold{fold}"
+    """One run into :func:`~benchmarks.recipe.run_dir`, unless a finished one is there already."""
+    run = run_dir(out, seed, fold)
     if (run / "metrics.json").is_file():
         print(f"kept: {run}", flush=True)
         return run
@@ -68,7 +66,7 @@ def _train(args, out: Path, overrides: list[str], seed: int, fold: int) -> Path:
 def run_fold(args, seed: int, fold: int) -> dict[str, Path]:
     """The uninterrupted run, then both arms resumed from its checkpoint."""
     out = Path(args.out)
-    ckpt = checkpoint_path(out / "recipe" / f"seed{seed}_fold{fold}", args.from_epoch)
+    ckpt = checkpoint_path(run_dir(out, seed, fold), args.from_epoch)
     save = ["+callbacks.resume_from._target_=benchmarks.late_lever.CheckpointAt",
             f"+callbacks.resume_from.epoch={args.from_epoch}", f"+callbacks.resume_from.path='{ckpt}'"]
     runs = {"uninterrupted": _train(args, out, save, seed, fold)}

@@ -21,10 +21,15 @@ from gtsrb import crossval
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_dir(out: str | Path, seed: int, fold: int | None = None) -> Path:
+    """Where :func:`run_recipe` trains ``seed`` (on ``fold``) under ``out``."""
+    return Path(out) / "recipe" / (f"seed{seed}" if fold is None else f"seed{seed}_fold{fold}")
+
+
 def run_recipe(args, seed: int, fold: int | None = None) -> Path:
-    """Train the recipe once into ``<out>/recipe/seed<seed>[_fold<fold>]``; ``fold`` holds out that part of
-    ``--recipe-folds`` (k-fold over blocks of tracks) instead of the one fixed split."""
-    out = Path(args.out) / "recipe" / (f"seed{seed}" if fold is None else f"seed{seed}_fold{fold}")
+    """Train the recipe once into :func:`run_dir`; ``fold`` holds out that part of ``--recipe-folds`` (k-fold over
+    blocks of tracks) instead of the one fixed split."""
+    out = run_dir(args.out, seed, fold)
     folds = [] if fold is None else [f"data.folds={args.recipe_folds}", f"data.fold={fold}"]
     cmd = [sys.executable, str(REPO / "train.py"), f"experiment={args.recipe}", f"data.root={args.root}",
            f"seed={seed}", *folds, *args.recipe_overrides, "logger=csv", "callbacks.progress_bar=null",
