@@ -328,9 +328,7 @@ def _check_progressive(cfg: DictConfig) -> None:
 
 def _check_lazy_data(data: DictConfig) -> None:
     """``data.in_memory=false`` only makes sense for image files, augmented per sample, without a tensor cache."""
-    if not SOURCES[data.source].from_files:
-        raise UserError(f"data.in_memory=false reads image files one by one, but data.source={data.source} renders its "
-                        "images in memory; set data.in_memory=true or use data=gtsrb or data=folder")
+    SOURCES[data.source].require_files()
     if data.augment_on != "sample":
         raise UserError(f"data.in_memory=false decodes each image in the DataLoader, so "
                         f"data.augment_on={data.augment_on} has no tensor to augment whole batches from; "

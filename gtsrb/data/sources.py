@@ -45,10 +45,16 @@ class Source:
         """Every split as uint8 images at ``data.image_size``, before ``data.preprocess``."""
         raise NotImplementedError
 
+    def require_files(self) -> None:
+        """Refuse ``data.in_memory=false`` for a source that has no image files to read one by one."""
+        if not self.from_files:
+            raise UserError(f"data.in_memory=false reads image files one by one, but data.source={self.name} renders "
+                            "its images in memory; set data.in_memory=true or use data=gtsrb or data=folder")
+
     def index(self, cfg: Mapping) -> Splits:
         """Every split as file records, split exactly as :meth:`decode` splits it (``data.in_memory=false``)."""
-        raise UserError(f"data.in_memory=false reads image files one by one, but data.source={self.name} has none; "
-                        "set data.in_memory=true or use data=gtsrb or data=folder")
+        self.require_files()
+        raise NotImplementedError
 
     def flip_map(self, cfg: Mapping) -> Sequence[int] | None:
         """Class ids after a horizontal flip (mirror twins swapped, symmetric signs kept), where known."""
