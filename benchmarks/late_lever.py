@@ -16,6 +16,8 @@ How:
   the lever, and in the random draws of the epochs after the checkpoint: Lightning restores no random state.
 * The control measures that second part. Its distance from the uninterrupted run is the noise floor that the
   lever's difference from the control must clear.
+* Once the noise floor is known for a recipe, ``--no-control`` skips the control: the lever is then paired with
+  the uninterrupted run, at half the cost.
 * A finished run (one with ``metrics.json``) is kept, so an interrupted benchmark continues where it stopped.
 
     uv run python -m benchmarks.late_lever --root data --recipe gtsrb_cpu_long --from-epoch 23 \\
@@ -64,7 +66,7 @@ def _train(args, out: Path, overrides: list[str], seed: int, fold: int) -> Path:
 
 
 def run_fold(args, seed: int, fold: int) -> dict[str, Path]:
-    """The uninterrupted run, then both arms resumed from its checkpoint."""
+    """The uninterrupted run, then both arms (or the lever's alone) resumed from its checkpoint."""
     out = Path(args.out)
     ckpt = checkpoint_path(run_dir(out, seed, fold), args.from_epoch)
     save = ["+callbacks.resume_from._target_=benchmarks.late_lever.CheckpointAt",
@@ -75,7 +77,8 @@ def run_fold(args, seed: int, fold: int) -> dict[str, Path]:
                          "recipe train that many epochs? use a smaller --from-epoch")
     resume = f"ckpt_path='{ckpt}'"
     runs["lever"] = _train(args, out / "lever", [*args.lever, resume], seed, fold)
-    runs["control"] = _train(args, out / "control", [resume], seed, fold)
+    if args.control:
+        runs["control"] = _train(args, out / "control", [resume], seed, fold)
     return runs
 
 
@@ -89,19 +92,26 @@ def at_epoch(run: Path, epoch: int) -> float | None:
 
 def summarise(runs: dict[tuple[int, int], dict[str, Path]], from_epoch: int) -> dict:
     """Per (seed, fold): the uninterrupted run at the checkpoint and at its end, each arm at its end; then the
-    paired differences: lever minus control (the lever), control minus uninterrupted (the noise floor)."""
+    paired differences: lever minus control (the lever), control minus uninterrupted (the noise floor), and lever
+    minus uninterrupted (the lever measured against the noise floor, where the control was skipped)."""
     rows = [{"seed": seed, "fold": fold, "at_checkpoint": at_epoch(r["uninterrupted"], from_epoch),
              "uninterrupted": last_val_acc(r["uninterrupted"]), "lever": last_val_acc(r["lever"]),
-             "control": last_val_acc(r["control"])} for (seed, fold), r in sorted(runs.items())]
+             "control": last_val_acc(r["control"]) if "control" in r else None}
+            for (seed, fold), r in sorted(runs.items())]
 
     def scores(key: str) -> dict[tuple[int, int], float]:
-        return {(row["seed"], row["fold"]): row[key] for row in rows}
+        return {(row["seed"], row["fold"]): row[key] for row in rows if row[key] is not None}
 
     return {"from_epoch": from_epoch, "runs": rows,
-            "mean": {key: crossval.spread(list(scores(key).values()))
+            "mean": {key: crossval.spread(list(scores(key).values())) if scores(key) else None
                      for key in ("at_checkpoint", "uninterrupted", "lever", "control")},
             "lever_minus_control": crossval.paired_difference(scores("lever"), scores("control")),
-            "control_minus_uninterrupted": crossval.paired_difference(scores("control"), scores("uninterrupted"))}
+            "control_minus_uninterrupted": crossval.paired_difference(scores("control"), scores("uninterrupted")),
+            "lever_minus_uninterrupted": crossval.paired_difference(scores("lever"), scores("uninterrupted"))}
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.2%}"
 
 
 def markdown(summary: dict, args) -> str:
@@ -111,14 +121,16 @@ def markdown(summary: dict, args) -> str:
              f"| seed, fold | epoch {summary['from_epoch']} | uninterrupted, last epoch | control, last epoch | "
              "lever, last epoch | lever - control |", "|---|---:|---:|---:|---:|---:|"]
     for row in summary["runs"]:
-        start = "" if row["at_checkpoint"] is None else f"{row['at_checkpoint']:.2%}"
-        lines.append(f"| {row['seed']}, {row['fold']} | {start} | {row['uninterrupted']:.2%} | "
-                     f"{row['control']:.2%} | {row['lever']:.2%} | {(row['lever'] - row['control']) * 100:+.2f} |")
+        paired = "" if row["control"] is None else f"{(row['lever'] - row['control']) * 100:+.2f}"
+        cells = " | ".join(_percent(row[k]) for k in ("at_checkpoint", "uninterrupted", "control", "lever"))
+        lines.append(f"| {row['seed']}, {row['fold']} | {cells} | {paired} |")
     mean = summary["mean"]
-    cells = " | ".join(f"{mean[k]['mean']:.2%}" for k in ("at_checkpoint", "uninterrupted", "control", "lever"))
+    cells = " | ".join(_percent(mean[k] and mean[k]["mean"]) for k in ("at_checkpoint", "uninterrupted", "control",
+                                                                       "lever"))
     lines.append(f"| mean | {cells} | |")
     for key, what in (("lever_minus_control", "lever minus control"),
-                      ("control_minus_uninterrupted", "control minus uninterrupted (the noise floor)")):
+                      ("control_minus_uninterrupted", "control minus uninterrupted (the noise floor)"),
+                      ("lever_minus_uninterrupted", "lever minus uninterrupted")):
         paired = summary[key]
         if paired and len(paired["pairs"]) > 1:
             lines.append(f"\n{what}: {paired['mean'] * 100:+.2f} points (standard error {paired['stderr'] * 100:.2f},"
@@ -139,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="resume both arms from the checkpoint after this epoch (0-based)")
     parser.add_argument("--lever", nargs="+", required=True, help="Hydra overrides of the lever arm")
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of every run")
+    parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                        help="resume a control arm without the lever (--no-control: pair the lever with the "
+                             "uninterrupted run, where the noise floor is already known)")
     args = parser.parse_args(argv)
     folds = range(args.folds) if args.only_folds is None else args.only_folds
     runs = {(seed, fold): run_fold(args, seed, fold) for seed in args.seeds for fold in folds}

@@ -37,6 +37,13 @@ def test_both_arms_resume_after_the_checkpoint_and_only_the_lever_cools_down(gts
     main(argv)  # a second call keeps every finished run
     assert capsys.readouterr().out.count("kept: ") == 3
 
+    main([*argv, "--no-control"])  # the lever paired with the uninterrupted run; the control is left out
+    assert capsys.readouterr().out.count("kept: ") == 2
+    summary = json.loads((out / "late_lever.json").read_text())
+    assert summary["runs"][0]["control"] is None and summary["lever_minus_control"] is None
+    assert summary["lever_minus_uninterrupted"]["pairs"][0]["difference"] == pytest.approx(
+        summary["runs"][0]["lever"] - summary["runs"][0]["uninterrupted"], abs=1e-5)
+
 
 def _run(path: Path, accs: dict[int, float]) -> Path:
     path.mkdir(parents=True)
@@ -55,3 +62,10 @@ def test_the_lever_is_paired_with_its_control_and_the_control_with_the_uninterru
     assert summary["lever_minus_control"]["mean"] == pytest.approx(0.0035)  # +0.003 and +0.004
     assert summary["control_minus_uninterrupted"]["mean"] == pytest.approx(-0.0005)  # +0.001 and -0.002
     assert summary["mean"]["lever"]["mean"] == pytest.approx(0.988)
+    assert summary["lever_minus_uninterrupted"]["mean"] == pytest.approx(0.003)  # +0.004 and +0.002
+
+    for arms in runs.values():  # --no-control: the lever against the uninterrupted run alone
+        del arms["control"]
+    summary = summarise(runs, from_epoch=3)
+    assert summary["lever_minus_control"] is None and summary["mean"]["control"] is None
+    assert summary["lever_minus_uninterrupted"]["mean"] == pytest.approx(0.003)
