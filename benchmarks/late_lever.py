@@ -116,8 +116,9 @@ def _percent(value: float | None) -> str:
 
 def markdown(summary: dict, args) -> str:
     lever = " ".join(args.lever)
+    arms = "and without (control)" if args.control else "only (no control: paired with the uninterrupted run)"
     lines = [f"`experiment={args.recipe}` {' '.join(args.overrides)}; from the checkpoint after epoch "
-             f"{summary['from_epoch']}, resumed with `{lever}` (lever) and without (control):", "",
+             f"{summary['from_epoch']}, resumed with `{lever}` (lever) {arms}:", "",
              f"| seed, fold | epoch {summary['from_epoch']} | uninterrupted, last epoch | control, last epoch | "
              "lever, last epoch | lever - control |", "|---|---:|---:|---:|---:|---:|"]
     for row in summary["runs"]:
