@@ -126,8 +126,8 @@ def markdown(summary: dict, args) -> str:
         cells = " | ".join(_percent(row[k]) for k in ("at_checkpoint", "uninterrupted", "control", "lever"))
         lines.append(f"| {row['seed']}, {row['fold']} | {cells} | {paired} |")
     mean = summary["mean"]
-    cells = " | ".join(_percent(mean[k] and mean[k]["mean"]) for k in ("at_checkpoint", "uninterrupted", "control",
-                                                                       "lever"))
+    cells = " | ".join(_percent(mean[k]["mean"] if mean[k] else None)
+                       for k in ("at_checkpoint", "uninterrupted", "control", "lever"))
     lines.append(f"| mean | {cells} | |")
     for key, what in (("lever_minus_control", "lever minus control"),
                       ("control_minus_uninterrupted", "control minus uninterrupted (the noise floor)"),
