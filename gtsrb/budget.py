@@ -21,6 +21,9 @@ How, and the traps it avoids:
   inside it, as they are inside the wall time a user sees.
 * The plan is a number of epochs, written into ``trainer.max_epochs`` and ``metrics.json`` (``time_budget``), so
   ``trainer.max_epochs=N`` repeats the run exactly on another machine. ``trainer.max_epochs`` stays a ceiling.
+* At least the fewest epochs the run can train: one, or one more than ``augmentation.cooldown_epochs`` (the
+  cooldown needs an epoch of full augmentation before it). A machine too slow for them trains them anyway and
+  warns by how much it will overrun: a long recipe on a slow laptop is slow, not refused after its start-up.
 * The prediction is not a promise: a neighbour that takes the CPU mid-run slows every epoch after the plan.
   :class:`BudgetWatch` logs each epoch's time against the prediction, and warns when the run will overrun.
 * CPU only: the probe times steps on the CPU, and under DDP each process would plan on its own (and could stop
@@ -109,16 +112,20 @@ class EpochPlan:
 
 
 def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, train_batches: int, val_batches: int,
-                closing_batches: int, ceiling: int | None) -> EpochPlan:
-    """The most epochs that end within ``budget_s`` after ``elapsed_s``; at least one, at most ``ceiling``."""
+                closing_batches: int, ceiling: int | None, fewest: int = 1, why_fewest: str = "") -> EpochPlan:
+    """The most epochs that end within ``budget_s`` after ``elapsed_s``; at most ``ceiling``, and at least
+    ``fewest`` (the run's shortest sensible length, ``why_fewest`` says why), over budget if need be."""
     epoch_s = OVERHEAD * step_s * (train_batches + EVAL_STEP_SHARE * val_batches)
     closing_s = OVERHEAD * step_s * EVAL_STEP_SHARE * closing_batches
     fits = math.floor((budget_s - elapsed_s - closing_s) / epoch_s)
-    if fits < 1:
-        log.warning("time_budget_s=%g: %.0f s are gone and one epoch takes about %.0f s, so no epoch fits; "
-                    "training one (raise time_budget_s, or use a smaller model or data.image_size)",
-                    budget_s, elapsed_s, epoch_s)
-    epochs = max(1, fits if ceiling is None or ceiling < 0 else min(fits, ceiling))
+    limited = ceiling is not None and ceiling >= 0
+    fewest = min(fewest, ceiling) if limited else fewest  # a ceiling below it is the config's error, told elsewhere
+    if fits < fewest:
+        over_s = elapsed_s + closing_s + fewest * epoch_s - budget_s
+        log.warning("time_budget_s=%g: %.0f s are gone and one epoch takes about %.0f s, so %d fit; training %d%s, "
+                    "about %.0f s over (raise time_budget_s, or use a smaller model or data.image_size)",
+                    budget_s, elapsed_s, epoch_s, max(fits, 0), fewest, why_fewest, over_s)
+    epochs = max(fewest, min(fits, ceiling) if limited else fits)
     return EpochPlan(budget_s, elapsed_s, step_s, epoch_s, closing_s, epochs, ceiling)
 
 
@@ -158,8 +165,10 @@ def plan_run(cfg: DictConfig, network: nn.Module, datamodule, resume: str | None
                                       cfg.trainer.get(f"limit_{split}_batches")) for split in ("val", "test")}
     batches["train"] = limited_batches(len(train_set) // batch, cfg.trainer.get("limit_train_batches"))  # drop_last
     closing = batches["val"] + (batches["test"] if cfg.test else 0)
+    cooldown = cfg.augmentation.get("cooldown_epochs") or 0  # it needs one epoch of full augmentation before it
     plan = plan_epochs(budget, time.time() - process_start(), step_s, batches["train"], batches["val"], closing,
-                       cfg.trainer.get("max_epochs"))
+                       cfg.trainer.get("max_epochs"), fewest=cooldown + 1,
+                       why_fewest=f" (augmentation.cooldown_epochs={cooldown} and one before it)" if cooldown else "")
     log.info("time_budget_s=%g: %d epochs of about %.0f s each fit after %.0f s of start-up (%.3f s per step in %s; "
              "trainer.max_epochs=%s is the ceiling)", budget, plan.epochs, plan.epoch_s, plan.elapsed_s, step_s,
              "bf16" if bf16 else "fp32", plan.ceiling)

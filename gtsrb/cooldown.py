@@ -16,10 +16,11 @@ How, and the traps it avoids:
   resumed in the middle of an epoch (``interrupted.ckpt``, gtsrb/preemption.py) starts there, where Lightning
   calls no ``on_train_epoch_start``, and still trains the rest of that epoch with the augmentation it had.
 * "The last N" counts from ``trainer.max_epochs`` when training starts, after ``time_budget_s`` has planned the
-  epochs, so a budgeted run cools down in the epochs it will actually train; a cooldown that would cover every
-  epoch is refused then, with the fix. A run that stops before ``trainer.max_epochs`` (early stopping, a pruned
-  trial, ``max_steps``) may end before its cooldown: the recipes turn early stopping off, and a warning says so
-  when it is on.
+  epochs, so a budgeted run cools down in the epochs it will actually train. The budget plans at least one epoch
+  more than the cooldown, over budget if need be (gtsrb/budget.py); a ``trainer.max_epochs`` the cooldown would
+  cover entirely is refused then, with the fix. A run that stops before ``trainer.max_epochs`` (early stopping, a
+  pruned trial, ``max_steps``) may end before its cooldown: the recipes turn early stopping off, and a warning
+  says so when it is on.
 * ``fast_dev_run`` (one batch) is a smoke test of the augmentation most epochs use, the full one.
 * Only the batched path (``data.augment_on=batch``) can change it between epochs: the per-sample loader holds the
   augmentation it was built with (and its worker processes a copy of it), so that combination is refused when the

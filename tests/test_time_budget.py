@@ -33,6 +33,18 @@ def test_plan_keeps_to_the_ceiling_and_trains_at_least_one_epoch():
     assert plan_epochs(1.0, 5.0, **roomy, ceiling=3).epochs == 1  # over budget already: one epoch, with a warning
 
 
+def test_plan_trains_the_fewest_epochs_the_run_needs_and_says_by_how_much_it_overruns(caplog):
+    """A cooldown of N epochs needs N + 1: a slow machine trains them over budget rather than being refused."""
+    tight = dict(step_s=1.0, train_batches=10, val_batches=2, closing_batches=4)  # 13.2 s an epoch, 2.4 s closing
+    assert plan_epochs(30.0, 0.0, **tight, ceiling=10).epochs == 2  # 2 fit
+    with caplog.at_level("WARNING", logger="gtsrb.budget"):
+        plan = plan_epochs(30.0, 0.0, **tight, ceiling=10, fewest=5, why_fewest=" (the cooldown)")
+    assert plan.epochs == 5
+    assert "2 fit; training 5 (the cooldown), about 38 s over" in caplog.text  # 2.4 + 5 * 13.2 - 30 = 38.4
+    assert plan_epochs(1000.0, 0.0, **tight, ceiling=10, fewest=5).epochs == 10  # room: the floor changes nothing
+    assert plan_epochs(30.0, 0.0, **tight, ceiling=3, fewest=5).epochs == 3  # never above the ceiling
+
+
 def test_timing_a_step_leaves_the_network_and_the_random_stream_alone(make_cfg):
     cfg = make_cfg("augmentation=standard", "data.batch_size=16")
     datamodule = TrafficSignDataModule(cfg.data, cfg.augmentation, cfg.mixup, seed=0)
@@ -90,6 +102,15 @@ def test_run_trains_the_planned_epochs_and_records_the_plan(make_cfg, step_secon
     again = _budget_run(make_cfg, "time_budget_s=300", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     train(again)
     assert json.loads((out / "metrics.json").read_text())["config"]["trainer"]["max_epochs"] == plan["epochs"]
+
+
+def test_a_budget_too_short_for_the_cooldown_trains_it_anyway(make_cfg, step_seconds, one_thread):
+    step_seconds(100.0)  # one training and one validation batch: 180 s an epoch, so one fits in 300 s
+    cfg = _budget_run(make_cfg, "time_budget_s=300", "augmentation=strong", "augmentation.cooldown_epochs=1",
+                      "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+    train(cfg)  # planned at 1 epoch, the cooldown refused to cover it all
+    report = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert report["time_budget"]["epochs"] == len(report["history"]) == 2
 
 
 def test_resuming_without_the_plan_is_refused_with_the_fix(make_cfg, tmp_path):
