@@ -6,9 +6,10 @@ further from the ones the model will be tested on than the standard pose and lig
 YOLOv8's ``close_mosaic`` and timm's ``--mixup-off-epoch`` do the same for mosaic and MixUp. Here
 ``augmentation.cooldown_epochs=N`` trains the last N epochs with the changes listed under
 ``augmentation.cooldown`` (``conf/augmentation/strong.yaml`` lists the ones that turn it back into ``standard``:
-no auto-augment, no erasing). ``gtsrb_cpu_long`` goes further and keeps only the label-safe mirror for its last 4
-epochs: +0.08 points on five folds, resumed from shared checkpoints, where strong's own cooldown gave +0.03
-(benchmarks/README.md, ``benchmarks/late_lever.py``).
+no auto-augment, no erasing). The recipes go further and keep only the label-safe mirror: ``gtsrb_cpu_long`` for
+its last 4 epochs (+0.08 points on five folds, resumed from shared checkpoints, where strong's own cooldown gave
++0.03), and even the 5-minute ``gtsrb_cpu``, whose standard augmentation is milder, for its last epoch (+0.08 on
+five folds over three seeds; benchmarks/README.md, ``benchmarks/late_lever.py``).
 
 How, and the traps it avoids:
 

@@ -18,7 +18,8 @@ def test_both_arms_resume_after_the_checkpoint_and_only_the_lever_cools_down(gts
     out = tmp_path / "late"
     argv = ["--root", str(gtsrb_root), "--out", str(out), "--recipe", "gtsrb_cpu", "--folds", "2", "--only-folds", "1",
             "--from-epoch", "0", "--lever", "augmentation.cooldown_epochs=1",
-            "--overrides", "time_budget_s=null", "trainer.max_epochs=2", "augmentation=strong", "model=simple_cnn",
+            "--overrides", "time_budget_s=null", "trainer.max_epochs=2", "augmentation=strong",
+            "augmentation.cooldown_epochs=0", "model=simple_cnn",
             "trainer=cpu", "data.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}"]
     main(argv)
     run = "recipe/seed0_fold1"
