@@ -119,7 +119,8 @@ def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, train_batches:
     closing_s = OVERHEAD * step_s * EVAL_STEP_SHARE * closing_batches
     fits = math.floor((budget_s - elapsed_s - closing_s) / epoch_s)
     limited = ceiling is not None and ceiling >= 0
-    fewest = min(fewest, ceiling) if limited else fewest  # a ceiling below it is the config's error, told elsewhere
+    if limited:  # a ceiling below ``fewest`` is the config's error, told where it is checked
+        fewest = max(1, min(fewest, ceiling))
     if fits < fewest:
         over_s = elapsed_s + closing_s + fewest * epoch_s - budget_s
         log.warning("time_budget_s=%g: %.0f s are gone and one epoch takes about %.0f s, so %d fit; training %d%s, "
