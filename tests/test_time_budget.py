@@ -108,7 +108,7 @@ def test_a_budget_too_short_for_the_cooldown_trains_it_anyway(make_cfg, step_sec
     step_seconds(100.0)  # one training and one validation batch: 180 s an epoch, so one fits in 300 s
     cfg = _budget_run(make_cfg, "time_budget_s=300", "augmentation=strong", "augmentation.cooldown_epochs=1",
                       "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
-    train(cfg)  # planned at 1 epoch, the cooldown refused to cover it all
+    train(cfg)  # without the floor the plan was 1 epoch, and the cooldown refused to cover all of it
     report = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
     assert report["time_budget"]["epochs"] == len(report["history"]) == 2
 
