@@ -129,7 +129,7 @@ def recipe_markdown(r: dict, a: dict) -> list[str]:
     splits = ", ".join(sorted({run["val_split"] for run in r["runs"]}))
     variant = "".join(f" {o}" for o in a.get("recipe_overrides") or [])
     lines = [f"Recipe `experiment={a['recipe']}{variant}` (validation split: `data.val_split={splits}`):", "",
-             "| seed | best val acc (checkpoint kept) | last-epoch val acc | "
+             "| seed | val acc of the checkpoint kept | last-epoch val acc | "
              + "".join(f"time to {t:.1%} val (s) | " for t in r["targets"])
              + "last epoch validated (s) | precision | load avg per epoch |",
              "|---:|---:|---:|" + "---:|" * len(r["targets"]) + "---:|---|---|"]

@@ -32,8 +32,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A ``.ckpt`` file as given, or the checkpoint a run directory stands for.
 
     An evaluation directory stands for its ``calibrated.ckpt``. In a training
-    run directory, ``metrics.json`` names the best checkpoint; without it (a
-    run that was interrupted) the newest ``checkpoints/best-*.ckpt``.
+    run directory, ``metrics.json`` names the checkpoint the run ended on (the
+    best, or the last with ``final_checkpoint=last``); without it (a run that
+    was interrupted) the newest ``checkpoints/best-*.ckpt``.
     """
     given = Path(path).expanduser()
     if given.is_file():

@@ -153,7 +153,8 @@ class TrainConfig:
     monitor: str = "val/acc"
     monitor_mode: str = "max"
     ckpt_path: Optional[str] = None  # resume training from this checkpoint
-    test: bool = True  # evaluate the best checkpoint on the test split after training
+    test: bool = True  # evaluate the final checkpoint on the test split after training
+    final_checkpoint: str = "best"  # the run ends on: best (by monitor) | last (the last epoch)
     time_budget_s: Optional[float] = None  # seconds from process start: trainer.max_epochs becomes what fits
     output_dir: str = "."
 
@@ -177,6 +178,7 @@ _CHOICES = {
     "optimizer.name": ("adamw", "sgd"),
     "scheduler.name": ("onecycle", "cosine", "plateau", "none"),
     "monitor_mode": ("min", "max"),
+    "final_checkpoint": ("best", "last"),
 }
 
 _RANGES = {  # key: (low, high), inclusive
@@ -222,6 +224,8 @@ def validate(cfg: DictConfig) -> None:
     _check_values(cfg)
     _check_augmentation(cfg.augmentation)
     _check_cooldown(cfg)
+    if cfg.get("final_checkpoint") == "last":
+        _check_last_checkpoint(cfg.callbacks)
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
         raise UserError("data.mean and data.std need three values each (RGB), with std > 0")
     if not cfg.data.in_memory:
@@ -287,6 +291,17 @@ def cooled_augmentation(aug: DictConfig | dict) -> DictConfig:
         raise UserError(f"augmentation.cooldown.{err.full_key}: {err.msg.splitlines()[0]}") from None
     cooled.cooldown, cooled.cooldown_epochs = {}, 0  # the cooled settings themselves: nothing left to cool
     return cooled
+
+
+def _check_last_checkpoint(callbacks) -> None:
+    """``final_checkpoint=last`` ends on the file of a ``ModelCheckpoint`` that watches no metric (it keeps the latest
+    epoch). With only a monitored one, ``evaluate.py ckpt_path=<run>`` would find the best epoch instead, so that is
+    refused; with none at all (``callbacks=none``) the run ends on the weights in memory, which are the last epoch's."""
+    checkpoints = [c for c in (callbacks or {}).values()
+                   if c is not None and str(c.get("_target_", "")).endswith("ModelCheckpoint")]
+    if checkpoints and all(c.get("monitor") is not None for c in checkpoints):
+        raise UserError("final_checkpoint=last needs a checkpoint of the latest epoch (callbacks.last_checkpoint, "
+                        "conf/callbacks/default.yaml); restore it or set final_checkpoint=best")
 
 
 def _check_cooldown(cfg: DictConfig) -> None:
