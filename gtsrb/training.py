@@ -320,9 +320,10 @@ def _final_checkpoint(trainer: L.Trainer, which: str) -> str:
     """
     checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
     if which == "last":  # a ModelCheckpoint that watches nothing keeps the latest epoch (config.py checks one exists)
-        return next((c.best_model_path for c in checkpoints if c.monitor is None), "")
-    return next((c.best_model_path for c in checkpoints if c.monitor is not None),
-                next((c.best_model_path for c in checkpoints), ""))
+        wanted = [c for c in checkpoints if c.monitor is None]
+    else:  # the monitored one; without it (callbacks.checkpoint=null) whichever saved
+        wanted = [c for c in checkpoints if c.monitor is not None] or checkpoints
+    return wanted[0].best_model_path if wanted else ""
 
 
 def _print_where(out: Path, report: dict, loggers) -> None:
