@@ -2,7 +2,7 @@
 
 Lightning's loops notice a SIGTERM at the end of the current batch and raise
 ``SIGTERMException``; Ctrl+C raises ``KeyboardInterrupt``. Either way
-:class:`PreemptionCheckpoint` (Lightning's ``OnExceptionCheckpoint``,
+:class:`PreemptionCheckpoint` (what Lightning's ``OnExceptionCheckpoint`` does,
 narrowed to these two) saves ``checkpoints/interrupted.ckpt`` with the
 weights, optimiser, scheduler, loop and callback state of that moment, and
 prints the command that resumes the run from it. Other exceptions (a bad
@@ -53,7 +53,6 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -84,9 +83,8 @@ def newest_checkpoint(run_dir: Path) -> str | None:
     SLURM job): Lightning's ``hpc_ckpt_<n>.ckpt``, ``checkpoints/interrupted.ckpt`` or ``checkpoints/last.ckpt``.
 
     ``None`` in a new directory, and off SLURM: there a run started again in an old directory (a fixed
-    ``hydra.run.dir``) trains afresh as before, and resuming stays the explicit ``ckpt_path=``. Lightning alone
-    would pick the same two of ``checkpoints/`` (``ckpt_path="last"``, since an ``OnExceptionCheckpoint`` is
-    there) but any ``hpc_ckpt`` before them, even one epochs older.
+    ``hydra.run.dir``) trains afresh, and resuming stays the explicit ``ckpt_path=``. Lightning's own
+    ``ckpt_path="hpc"`` would prefer any ``hpc_ckpt`` to the two of ``checkpoints/``, even one epochs older.
     """
     if not SLURMEnvironment.detect():
         return None
@@ -96,15 +94,21 @@ def newest_checkpoint(run_dir: Path) -> str | None:
     return str(max(found, key=lambda path: path.stat().st_mtime)) if found else None
 
 
-class PreemptionCheckpoint(OnExceptionCheckpoint):
+class PreemptionCheckpoint(L.Callback):
     """Saves ``checkpoints/interrupted.ckpt`` on SIGTERM or Ctrl+C, each held until the validation under way ends.
 
     A second Ctrl+C during validation stops at once; that state cannot be resumed (the module docstring says why),
     so nothing is saved and the message points to ``last.ckpt``, the end of the epoch before.
+
+    Not a subclass of Lightning's ``OnExceptionCheckpoint``, though it does the same save: with one of those among
+    the callbacks, ``fit(ckpt_path=None)`` means ``ckpt_path="last"`` to Lightning (issue 19827), so a run started
+    again in an old directory silently resumed from its ``last.ckpt``, and every new run warned that it had been
+    "called without a model" and found "no last checkpoint". Where to resume is :func:`newest_checkpoint`'s call.
     """
 
     def __init__(self, dirpath: str, overrides: list[str]) -> None:
-        super().__init__(dirpath, filename="interrupted")
+        self.dirpath = dirpath
+        self.ckpt_path = str(Path(dirpath) / "interrupted.ckpt")
         self.overrides = overrides
         self._held_sigterm = False
         self._held_ctrl_c = False
@@ -165,7 +169,7 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
                 print(f"interrupted by {cause} during the validation of epoch {trainer.current_epoch}, which cannot "
                       f"resume halfway; {where}", file=sys.stderr, flush=True)
             return
-        super().on_exception(trainer)
+        trainer.save_checkpoint(self.ckpt_path)
         if trainer.is_global_zero:
             print(f"interrupted by {cause} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
                   f"saved {self.ckpt_path}\nresume with: {resume_command(self.overrides, self.ckpt_path)}",

@@ -122,6 +122,38 @@ def test_sigterm_saves_where_the_run_was_and_the_printed_command_resumes_it(tmp_
     assert not (run_dir / "metrics.json").exists()  # the interrupted run is left as it was
 
 
+class _TrainingSteps(L.Callback):
+    """The global step each training batch of this fit started at."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.steps.append(trainer.global_step)
+
+
+def test_a_run_started_again_in_its_directory_off_slurm_trains_afresh(make_cfg, monkeypatch, recwarn, one_thread):
+    """Lightning takes ``fit(ckpt_path=None)`` as "last" when an OnExceptionCheckpoint is among the callbacks
+    (Lightning issue 19827): the second run here found the first one's last.ckpt, finished, and trained nothing.
+    Resuming stays explicit off SLURM (gtsrb/preemption.py), and a new run no longer warns about checkpoints."""
+    import gtsrb.training
+    from gtsrb.training import build_callbacks, train
+
+    run = ["trainer.fast_dev_run=false", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+           "+trainer.enable_progress_bar=false"]
+    first = make_cfg(*run)
+    train(first)
+    assert (Path(first.output_dir) / "checkpoints" / "last.ckpt").is_file()
+    spy = _TrainingSteps()
+    monkeypatch.setattr(gtsrb.training, "build_callbacks", lambda cfg, with_logger=True: [
+        spy, *build_callbacks(cfg, with_logger)])
+    again = make_cfg(*run)
+    assert again.output_dir == first.output_dir
+    train(again)
+    assert spy.steps and spy.steps[0] == 0  # trained from the first step, not resumed past the end
+    assert not [w for w in recwarn if "ckpt_path" in str(w.message)]
+
+
 class _SignalDuringValidation(L.Callback):
     """Sends this process ``signum`` (``times`` times) at the first batch of epoch 1's validation."""
 
