@@ -22,8 +22,9 @@ How, and the traps it avoids:
 * The plan is a number of epochs, written into ``trainer.max_epochs`` and ``metrics.json`` (``time_budget``), so
   ``trainer.max_epochs=N`` repeats the run exactly on another machine. ``trainer.max_epochs`` stays a ceiling.
 * At least the fewest epochs the run can train: one, or one more than ``augmentation.cooldown_epochs`` (the
-  cooldown needs an epoch of full augmentation before it). A machine too slow for them trains them anyway and
-  warns by how much it will overrun: a long recipe on a slow laptop is slow, not refused after its start-up.
+  cooldown needs an epoch of full augmentation before it; given as a share of the run, it needs two epochs). A
+  machine too slow for them trains them anyway and warns by how much it will overrun: a long recipe on a slow
+  laptop is slow, not refused after its start-up.
 * The prediction is not a promise: a neighbour that takes the CPU mid-run slows every epoch after the plan.
   :class:`BudgetWatch` logs each epoch's time against the prediction, and warns when the run will overrun.
 * CPU only: the probe times steps on the CPU, and under DDP each process would plan on its own (and could stop
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from gtsrb.cooldown import fewest_epochs
 from gtsrb.data.imageset import ImageSet
 from gtsrb.errors import UserError
 from gtsrb.precision import several_processes, trains_on_gpu
@@ -168,7 +170,7 @@ def plan_run(cfg: DictConfig, network: nn.Module, datamodule, resume: str | None
     closing = batches["val"] + (batches["test"] if cfg.test else 0)
     cooldown = cfg.augmentation.get("cooldown_epochs") or 0  # it needs one epoch of full augmentation before it
     plan = plan_epochs(budget, time.time() - process_start(), step_s, batches["train"], batches["val"], closing,
-                       cfg.trainer.get("max_epochs"), fewest=cooldown + 1,
+                       cfg.trainer.get("max_epochs"), fewest=fewest_epochs(cooldown) if cooldown else 1,
                        why_fewest=f" (augmentation.cooldown_epochs={cooldown} and one before it)" if cooldown else "")
     log.info("time_budget_s=%g: %d epochs of about %.0f s each fit after %.0f s of start-up (%.3f s per step in %s; "
              "trainer.max_epochs=%s is the ceiling)", budget, plan.epochs, plan.epoch_s, plan.elapsed_s, step_s,

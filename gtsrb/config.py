@@ -10,7 +10,7 @@ allowed values and the fix in one line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
@@ -75,7 +75,7 @@ class AugmentationConfig:
     blur: float = 0.0  # probability of a Gaussian blur
     auto_augment: Optional[str] = None  # randaugment | trivialaugment
     random_erasing: float = 0.0  # probability
-    cooldown_epochs: int = 0  # the last N epochs train with the changes in ``cooldown`` (gtsrb/cooldown.py)
+    cooldown_epochs: Union[int, float] = 0  # the last N epochs, or that share (0-1) of them (gtsrb/cooldown.py)
     cooldown: dict[str, Any] = field(default_factory=dict)  # fields above -> their value in those epochs
 
 
@@ -317,6 +317,10 @@ def _check_cooldown(cfg: DictConfig) -> None:
     _check_augmentation(cooled, "augmentation.cooldown")
     if not aug.cooldown_epochs:
         return
+    if isinstance(aug.cooldown_epochs, float) and not 0 < aug.cooldown_epochs < 1:
+        raise UserError(f"augmentation.cooldown_epochs={aug.cooldown_epochs}: a float is a share of the run's epochs, "
+                        f"between 0 and 1; to count epochs write an int, e.g. "
+                        f"augmentation.cooldown_epochs={max(1, round(aug.cooldown_epochs))}")
     if not aug.cooldown:
         raise UserError(f"augmentation.cooldown_epochs={aug.cooldown_epochs} with augmentation={aug.name}: "
                         "augmentation.cooldown lists no change, so those epochs would train as the others; "

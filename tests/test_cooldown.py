@@ -10,7 +10,7 @@ import pytest
 from resuming import fit_resumed_mid_epoch
 
 from gtsrb.config import cooled_augmentation
-from gtsrb.cooldown import AugmentationCooldown
+from gtsrb.cooldown import AugmentationCooldown, cooled_epochs
 from gtsrb.data.datamodule import TrafficSignDataModule
 from gtsrb.errors import UserError
 from gtsrb.module import TrafficSignClassifier
@@ -32,6 +32,28 @@ def test_the_last_epochs_cool_down_counted_from_the_end():
     cooldown = AugmentationCooldown({"cooldown_epochs": 2, "cooldown": {"random_erasing": 0.0}})
     assert [cooldown.cools(epoch, 5) for epoch in range(5)] == [False, False, False, True, True]
     assert [cooldown.cools(epoch, 3) for epoch in range(3)] == [False, True, True]
+
+
+@pytest.mark.parametrize(("cooldown", "cooled"), [
+    (0.25, {2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2, 8: 2, 28: 7}),  # a quarter, rounded half up, at least one
+    (0.9, {2: 1, 3: 2, 8: 7, 10: 9}),  # a share never covers every epoch: one keeps the full augmentation
+    (3, {4: 3, 8: 3, 28: 3}),  # a count is a count
+])
+def test_a_share_of_the_run_cools_that_share_of_the_epochs_it_trains(cooldown, cooled):
+    assert {epochs: cooled_epochs(cooldown, epochs) for epochs in cooled} == cooled
+    callback = AugmentationCooldown({"cooldown_epochs": cooldown, "cooldown": {"random_erasing": 0.0}})
+    assert [epoch for epoch in range(8) if callback.cools(epoch, 8)] == list(range(8 - cooled[8], 8))
+
+
+def test_gtsrb_cpu_cools_a_quarter_of_whatever_its_budget_plans(make_cfg):
+    """The recipe's budget plans 3 to 8 epochs depending on the machine: 1 cooled epoch up to 5, 2 from 6."""
+    cfg = make_cfg("experiment=gtsrb_cpu")
+    callback = AugmentationCooldown(cfg.augmentation)
+    assert {epochs: sum(callback.cools(e, epochs) for e in range(epochs)) for epochs in (3, 5, 6, 8)} == \
+        {3: 1, 5: 1, 6: 2, 8: 2}
+    assert cfg.trainer.max_epochs == 8
+    long = make_cfg("experiment=gtsrb_cpu_long").augmentation.cooldown_epochs
+    assert (long, type(long)) == (4, int)  # its own count, not the share (a float 4.0 would be refused)
 
 
 class _AugmentSpy(L.Callback):
@@ -106,7 +128,10 @@ def test_train_reports_which_epochs_cooled_down(make_cfg, one_thread):
     (["+augmentation.cooldown.scale=[1.2,0.8]"], r"augmentation.cooldown.scale=\[1.2, 0.8\] must be"),
     (["+augmentation.cooldown.rotation=abc"], r"augmentation.cooldown.rotation: Value 'abc'"),
     (["data.augment_on=sample"], r"data.augment_on=sample cannot.*use data.augment_on=batch"),
-    (["trainer.max_epochs=2"], r"cooldown_epochs=2 covers all 2 epochs.*at most augmentation.cooldown_epochs=1"),
+    (["trainer.max_epochs=2"], r"cooldown_epochs=2 leaves no epoch of full augmentation in the 2 .*"
+                               r"at most augmentation.cooldown_epochs=1 or at least 3 epochs"),
+    (["augmentation.cooldown_epochs=0.5", "trainer.max_epochs=1"], r"cooldown_epochs=0.5 leaves no epoch.*at least 2"),
+    (["augmentation.cooldown_epochs=1.5"], r"cooldown_epochs=1.5: a float is a share.*augmentation.cooldown_epochs=2"),
     (["augmentation=standard"], r"augmentation=standard: augmentation.cooldown lists no change.*\+augmentation"),
     (["augmentation.cooldown_epochs=0", "+augmentation.cooldown.rotations=5"], r"cooldown.rotations is not"),
 ])

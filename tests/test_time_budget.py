@@ -104,9 +104,10 @@ def test_run_trains_the_planned_epochs_and_records_the_plan(make_cfg, step_secon
     assert json.loads((out / "metrics.json").read_text())["config"]["trainer"]["max_epochs"] == plan["epochs"]
 
 
-def test_a_budget_too_short_for_the_cooldown_trains_it_anyway(make_cfg, step_seconds, one_thread):
+@pytest.mark.parametrize("cooldown", ["1", "0.25"])  # one epoch, or a share of the run (which needs two as well)
+def test_a_budget_too_short_for_the_cooldown_trains_it_anyway(make_cfg, step_seconds, one_thread, cooldown):
     step_seconds(100.0)  # one training and one validation batch: 180 s an epoch, so one fits in 300 s
-    cfg = _budget_run(make_cfg, "time_budget_s=300", "augmentation=strong", "augmentation.cooldown_epochs=1",
+    cfg = _budget_run(make_cfg, "time_budget_s=300", "augmentation=strong", f"augmentation.cooldown_epochs={cooldown}",
                       "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
     train(cfg)  # without the floor the plan was 1 epoch, and the cooldown refused to cover all of it
     report = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
