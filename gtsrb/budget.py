@@ -170,7 +170,7 @@ def plan_run(cfg: DictConfig, network: nn.Module, datamodule, resume: str | None
     closing = batches["val"] + (batches["test"] if cfg.test else 0)
     cooldown = cfg.augmentation.get("cooldown_epochs") or 0  # it needs one epoch of full augmentation before it
     plan = plan_epochs(budget, time.time() - process_start(), step_s, batches["train"], batches["val"], closing,
-                       cfg.trainer.get("max_epochs"), fewest=fewest_epochs(cooldown) if cooldown else 1,
+                       cfg.trainer.get("max_epochs"), fewest=fewest_epochs(cooldown),
                        why_fewest=f" (augmentation.cooldown_epochs={cooldown} and one before it)" if cooldown else "")
     log.info("time_budget_s=%g: %d epochs of about %.0f s each fit after %.0f s of start-up (%.3f s per step in %s; "
              "trainer.max_epochs=%s is the ceiling)", budget, plan.epochs, plan.epoch_s, plan.elapsed_s, step_s,

@@ -65,7 +65,8 @@ def cooled_epochs(cooldown: int | float, epochs: int) -> int:
 
 
 def fewest_epochs(cooldown: int | float) -> int:
-    """The fewest epochs a run with this cooldown can train: the cooled ones and one of full augmentation before."""
+    """The fewest epochs a run with this cooldown can train: the cooled ones and one of full augmentation before
+    (one with no cooldown, ``0``)."""
     return 2 if is_share(cooldown) else cooldown + 1
 
 

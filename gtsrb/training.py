@@ -316,7 +316,7 @@ def _final_checkpoint(trainer: L.Trainer, which: str) -> str:
     Why "last" exists: a schedule built to end on its best weights (OneCycle's annealing, an augmentation cooldown,
     the CPU recipes) is measured by its last epoch, and "best" on one validation split picks among epochs by noise:
     the 5-minute recipe's one 12% split put an uncooled mid-run epoch level with the cooled last one. ``""`` when
-    nothing was saved (fast_dev_run, ``callbacks=none``). The PreemptionCheckpoint is no ``ModelCheckpoint``.
+    nothing was saved (fast_dev_run, ``callbacks=none``). Only a ``ModelCheckpoint`` has a ``best_model_path``.
     """
     checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
     if which == "last":  # a ModelCheckpoint that watches nothing keeps the latest epoch (config.py checks one exists)
